@@ -1,0 +1,208 @@
+"""Containers: turn a SOURCE (path or URL) into a reference set plus a way to resolve targets.
+
+Kinds: ``json`` (a lindi.json / kerchunk v1 file), ``tar`` (.lindi.tar), ``dir`` (.lindi.d).
+The kind is detected from content (tar magic, ``{``, a folder holding lindi.json); the
+extension is only used to word the error when the content matches nothing. A remote tar costs
+three requests (head+entry, index, lindi.json) and is never downloaded whole.
+
+``Container.resolve(target)`` maps a reference target to a concrete location (absolute path or
+URL) plus the byte window it may address, enforcing the safety rules: a remote SOURCE may not
+reference local files, and ``./`` targets may not escape their container.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urljoin
+
+import trio
+
+from . import tarfmt
+from .errors import FormatError, RefError, SourceError
+from .refs import ReferenceSet
+from .sources import HttpClient, LocalFiles, is_url
+
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+HEAD_BYTES = 1536  # first tar header + the 1024-byte .tar_entry.json data
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """Where a reference's bytes live: ``offset`` is absolute in ``where``; ``limit`` bounds it."""
+
+    where: str  # absolute local path or URL
+    remote: bool
+    base: int = 0  # offset of the window (tar member data) inside ``where``
+    limit: int | None = None  # size of the window, if bounded (tar member size)
+
+
+@dataclass
+class Container:
+    kind: str  # "json", "tar" or "dir"
+    source: str  # as given by the user (URL or absolute path)
+    remote: bool
+    rset: ReferenceSet
+    mtime: float
+    json_size: int
+    members: dict[str, tarfmt.Member] = field(default_factory=dict)
+    total_size: int | None = None
+
+    def resolve(self, target: str) -> Location:
+        """Concrete location of a (template-expanded) reference target; RefError if refused."""
+        if target.startswith("./"):
+            name = posixpath.normpath(target[2:])
+            if name.startswith("../") or name in ("..", ".") or name.startswith("/"):
+                raise RefError(f"reference {target!r} escapes its container")
+            if self.kind == "tar":
+                m = self.members.get(name)
+                if m is None:
+                    raise RefError(f"reference {target!r}: no member {name!r} in the archive")
+                return Location(self.source, self.remote, m.d, m.s)
+            if self.remote:
+                return Location(urljoin(self.source, name), True)
+            folder = self.source if self.kind == "dir" else os.path.dirname(self.source)
+            return Location(os.path.join(folder, name), False)
+        if is_url(target):
+            return Location(target, True)
+        if self.remote:
+            raise RefError(f"reference {target!r}: a remote source may not read local files")
+        path = target[7:] if target.startswith("file://") else target
+        if not os.path.isabs(path):
+            folder = self.source if self.kind == "dir" else os.path.dirname(self.source)
+            path = os.path.join(folder, path)
+        return Location(path, False)
+
+
+def _parse_json(raw: bytes, where: str) -> Any:
+    try:
+        return json.loads(raw)
+    except UnicodeDecodeError:
+        raise FormatError(f"{where}: not a LINDI file (not UTF-8 JSON)") from None
+    except json.JSONDecodeError as e:
+        raise FormatError(
+            f"{where}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"
+        ) from None
+
+
+async def _rset_from_bytes(raw: bytes, where: str) -> ReferenceSet:
+    def parse() -> ReferenceSet:
+        return ReferenceSet.from_json(_parse_json(raw, where), where)
+
+    if len(raw) > 1_000_000:
+        return await trio.to_thread.run_sync(parse)
+    return parse()
+
+
+def sniff(head: bytes, where: str) -> str:
+    """Kind of a file from its first bytes: 'tar', 'json' or 'hdf5'; FormatError otherwise."""
+    if head.startswith(HDF5_MAGIC):
+        return "hdf5"
+    if len(head) >= 262 and head[257:262] == b"ustar":
+        return "tar"
+    stripped = head.lstrip()
+    if stripped.startswith(b"{"):
+        return "json"
+    if where.endswith(".tar"):
+        if not head:
+            raise FormatError(f"{where}: empty file")
+        raise FormatError(f"{where}: not a tar archive (truncated or damaged header)")
+    if not stripped:
+        raise FormatError(f"{where}: empty file")
+    raise FormatError(f"{where}: not a LINDI file (neither JSON, tar nor HDF5)")
+
+
+class Reader:
+    """Reads byte ranges of local paths or URLs during loading (before the cache exists)."""
+
+    def __init__(self, http: HttpClient, local: LocalFiles) -> None:
+        self.http = http
+        self.local = local
+
+    async def read(self, where: str, offset: int, size: int) -> bytes:
+        if is_url(where):
+            return await self.http.get_range(where, offset, size)
+        return await self.local.read(where, offset, size)
+
+
+async def _load_tar(
+    reader: Reader, where: str, head: bytes, total: int | None, remote: bool
+) -> tuple[ReferenceSet, dict[str, tarfmt.Member], int]:
+    if len(head) < HEAD_BYTES:
+        raise FormatError(f"{where}: truncated archive ({len(head)} bytes)")
+    first = tarfmt.decode_header(head[:512])
+    if first is None or first.name != ".tar_entry.json":
+        raise FormatError(f"{where}: not a .lindi.tar (first member is not .tar_entry.json)")
+    entry = tarfmt.parse_entry(head[512:HEAD_BYTES], where)
+    if total is not None and entry.d + entry.s > total:
+        raise FormatError(
+            f"{where}: index at {entry.d}+{entry.s} is past the end of the archive ({total} bytes)"
+        )
+    try:
+        raw_index = await reader.read(where, entry.d, entry.s)
+    except RefError as e:
+        raise FormatError(f"{where}: cannot read the index: {e}") from None
+    members = tarfmt.parse_index(raw_index, entry, where, total)
+    lj = members.get("lindi.json")
+    if lj is None:
+        raise FormatError(f"{where}: the archive index has no lindi.json")
+    try:
+        raw = await reader.read(where, lj.d, lj.s)
+    except RefError as e:
+        raise FormatError(f"{where}: cannot read lindi.json: {e}") from None
+    return await _rset_from_bytes(raw, f"{where}:lindi.json"), members, len(raw)
+
+
+async def open_container(source: str, http: HttpClient, local: LocalFiles) -> Container:
+    """Load SOURCE; raise SourceError/FormatError with a one-line message on any problem."""
+    reader = Reader(http, local)
+    if is_url(source):
+        try:
+            head, total = await http.get_head(source, HEAD_BYTES)
+        except RefError as e:
+            raise SourceError(str(e)) from None
+        kind = sniff(head, source.split("?")[0])
+        members: dict[str, tarfmt.Member] = {}
+        if kind == "tar":
+            rset, members, jsize = await _load_tar(reader, source, head, total, True)
+        elif kind == "json":
+            try:
+                raw = (
+                    head if total is not None and len(head) >= total else await http.get_all(source)
+                )
+            except RefError as e:
+                raise SourceError(str(e)) from None
+            rset, jsize = await _rset_from_bytes(raw, source), len(raw)
+        else:
+            raise SourceError(f"{source}: HDF5 sources are not supported yet (convert with lindi)")
+        return Container(kind, source, True, rset, time.time(), jsize, members, total)
+
+    path = os.path.abspath(source)
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise SourceError(f"{source}: {e.strerror}") from None
+    if os.path.isdir(path):
+        lj = os.path.join(path, "lindi.json")
+        if not os.path.isfile(lj):
+            raise SourceError(f"{source}: not a .lindi.d directory (no lindi.json inside)")
+        raw = await trio.Path(lj).read_bytes()
+        rset = await _rset_from_bytes(raw, lj)
+        return Container("dir", path, False, rset, os.stat(lj).st_mtime, len(raw))
+    try:
+        head = await local.read(path, 0, min(HEAD_BYTES, st.st_size))
+    except (RefError, OSError) as e:
+        raise SourceError(f"{source}: {e}") from None
+    kind = sniff(head, source)
+    if kind == "tar":
+        rset, members, jsize = await _load_tar(reader, path, head, st.st_size, False)
+        return Container("tar", path, False, rset, st.st_mtime, jsize, members, st.st_size)
+    if kind == "json":
+        raw = await trio.Path(path).read_bytes()
+        rset = await _rset_from_bytes(raw, source)
+        return Container("json", path, False, rset, st.st_mtime, len(raw))
+    raise SourceError(f"{source}: HDF5 sources are not supported yet (convert with lindi)")

@@ -1,0 +1,203 @@
+"""File content: resolve a key's reference, compute its served size, read byte ranges.
+
+Sits between the FUSE layer (which knows inodes) and the sources (which know bytes). Knows the
+reference forms, templates, container-relative targets, lindi's zero-padding of short chunks and
+the fetch policy: local bytes are read exactly as asked (the kernel page cache does the rest);
+remote chunks are fetched whole, once, through the memory cache, however the kernel splits the
+read; very large remote objects are fetched in aligned blocks instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .cache import MemoryCache
+from .containers import Container, Location
+from .errors import RefError
+from .refs import Inline, decode_value, expand_templates, is_chunk_name, padded_chunk_size
+from .sources import HttpClient, LocalFiles
+from .tree import Node
+
+log = logging.getLogger(__name__)
+
+WHOLE_FETCH_MAX = 32 * 2**20  # remote objects up to this size are fetched in one request
+BLOCK = 8 * 2**20  # larger ones in aligned blocks of this size
+
+
+@dataclass(slots=True)
+class Resolved:
+    """A key's content: either ``inline`` bytes or ``stored`` bytes at ``offset`` of ``loc``;
+    ``size`` is what the file shows (``stored`` plus lindi's zero padding)."""
+
+    inline: bytes | None
+    loc: Location | None
+    offset: int
+    stored: int
+    size: int
+
+    def describe(self) -> Any:
+        """The JSON form shown in the ``user.lindi.ref`` extended attribute."""
+        if self.loc is None:
+            return "inline"
+        return [self.loc.where, self.offset, self.stored]
+
+
+class _DirPad:
+    """Per-directory memo of the padded chunk size derived from its ``.zarray``."""
+
+    __slots__ = ("pad",)
+
+    def __init__(self, pad: int) -> None:
+        self.pad = pad
+
+
+class ContentService:
+    """Resolves and reads the content of file nodes; errors are RefError (EIO on that file)."""
+
+    def __init__(
+        self,
+        container: Container,
+        http: HttpClient,
+        local: LocalFiles,
+        cache: MemoryCache,
+        get_value: Callable[[str], Any] | None = None,
+    ) -> None:
+        self.container = container
+        self.http = http
+        self.local = local
+        self.cache = cache
+        self._get_value = get_value or container.rset.refs.__getitem__
+        self._sizes: dict[str, int] = {}  # sizes of whole-target references
+
+    async def resolve(self, node: Node) -> Resolved:
+        cached = node.extra
+        if isinstance(cached, Resolved):
+            return cached
+        try:
+            value = self._get_value(node.key)
+        except KeyError:
+            raise RefError(f"{node.key}: no such key") from None
+        r = await self._resolve_value(node, value)
+        node.extra = r
+        node.size = r.size
+        return r
+
+    async def _resolve_value(self, node: Node, value: Any) -> Resolved:
+        ref = decode_value(node.key, value)
+        if isinstance(ref, Inline):
+            stored = len(ref.data)
+            return Resolved(ref.data, None, 0, stored, await self._padded(node, stored))
+        target = expand_templates(ref.target, self.container.rset.templates)
+        try:
+            loc = self.container.resolve(target)
+        except RefError as e:
+            raise RefError(f"{node.key}: {e}") from None
+        size = ref.size
+        if size is None:
+            size = await self._whole_size(loc) - ref.offset
+            if size < 0:
+                raise RefError(f"{node.key}: offset {ref.offset} is past the end of {target}")
+        if loc.limit is not None and ref.offset + size > loc.limit:
+            raise RefError(
+                f"{node.key}: range {ref.offset}+{size} runs past the end of {target} "
+                f"({loc.limit} bytes)"
+            )
+        return Resolved(None, loc, loc.base + ref.offset, size, await self._padded(node, size))
+
+    async def _whole_size(self, loc: Location) -> int:
+        if loc.limit is not None:
+            return loc.limit
+        size = self._sizes.get(loc.where)
+        if size is None:
+            if loc.remote:
+                size = await self.http.content_length(loc.where)
+            else:
+                try:
+                    size = os.stat(loc.where).st_size
+                except OSError as e:
+                    raise RefError(f"{loc.where}: {e.strerror}") from None
+            self._sizes[loc.where] = size
+        return size
+
+    async def _padded(self, node: Node, stored: int) -> int:
+        """lindi's padding rule (see refs.padded_chunk_size); 0-byte chunks are not padded."""
+        if stored == 0 or not is_chunk_name(node.name) or node.parent is None:
+            return stored
+        parent = node.parent
+        memo = parent.extra
+        if not isinstance(memo, _DirPad):
+            memo = _DirPad(await self._dir_pad(parent))
+            parent.extra = memo
+        return memo.pad if stored < memo.pad else stored
+
+    async def _dir_pad(self, parent: Node) -> int:
+        zarray = parent.children.get(".zarray") if parent.children else None
+        if zarray is None:
+            return 0
+        try:
+            meta = json.loads(await self.read(zarray, 0, 1 << 24))
+        except (RefError, ValueError):
+            return 0
+        if not isinstance(meta, dict):
+            return 0
+        return padded_chunk_size(meta) or 0
+
+    def forget_dir_meta(self, parent: Node) -> None:
+        """Drop the padding memo of a directory (its .zarray changed)."""
+        if isinstance(parent.extra, _DirPad):
+            parent.extra = None
+
+    async def size(self, node: Node) -> int:
+        if node.size >= 0:
+            return node.size
+        return (await self.resolve(node)).size
+
+    async def read(self, node: Node, offset: int, size: int) -> bytes:
+        r = await self.resolve(node)
+        end = min(offset + size, r.size)
+        if offset >= end:
+            return b""
+        stored_end = min(end, r.stored)
+        data = b""
+        if offset < stored_end:
+            if r.inline is not None:
+                data = r.inline[offset:stored_end]
+            else:
+                data = await self._read_stored(node, r, offset, stored_end - offset)
+        if end > max(offset, r.stored):
+            data += bytes(end - max(offset, r.stored))
+        return data
+
+    async def _read_stored(self, node: Node, r: Resolved, offset: int, size: int) -> bytes:
+        loc = r.loc
+        assert loc is not None
+        try:
+            if not loc.remote:
+                return await self.local.read(loc.where, r.offset + offset, size)
+            if r.stored <= WHOLE_FETCH_MAX:
+                blob = await self.cache.get(
+                    (loc.where, r.offset, r.stored),
+                    lambda: self.http.get_range(loc.where, r.offset, r.stored),
+                )
+                return blob[offset : offset + size]
+            parts = []
+            pos = offset
+            while pos < offset + size:
+                bstart = pos - pos % BLOCK
+                blen = min(BLOCK, r.stored - bstart)
+                abs_start = r.offset + bstart
+                blob = await self.cache.get(
+                    (loc.where, abs_start, blen),
+                    lambda a=abs_start, n=blen: self.http.get_range(loc.where, a, n),
+                )
+                take = min(offset + size, bstart + blen) - pos
+                parts.append(blob[pos - bstart : pos - bstart + take])
+                pos += take
+            return b"".join(parts)
+        except RefError as e:
+            raise RefError(f"{node.key}: {e}") from None

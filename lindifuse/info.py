@@ -1,0 +1,54 @@
+"""``lindifuse info``: what a LINDI source holds and where its bytes live."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from .containers import open_container
+from .errors import RefError
+from .refs import Inline, decode_value, expand_templates
+from .sources import HttpClient, LocalFiles
+
+
+async def summarize(source: str) -> dict[str, Any]:
+    http, local = HttpClient(), LocalFiles()
+    try:
+        c = await open_container(source, http, local)
+    finally:
+        await http.aclose()
+        local.close()
+    refs = c.rset.refs
+    inline = container = external = 0
+    ext: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    groups = arrays = 0
+    for key, value in refs.items():
+        last = key.rsplit("/", 1)[-1]
+        groups += last == ".zgroup"
+        arrays += last == ".zarray"
+        try:
+            ref = decode_value(key, value)
+        except RefError:
+            continue
+        if isinstance(ref, Inline):
+            inline += len(ref.data)
+            continue
+        size = ref.size or 0
+        if ref.target.startswith("./"):
+            container += size
+        else:
+            external += size
+            e = ext[expand_templates(ref.target, c.rset.templates)]
+            e[0] += 1
+            e[1] += size
+    return {
+        "source": c.source,
+        "kind": c.kind,
+        "remote": c.remote,
+        "keys": len(refs),
+        "groups": groups,
+        "arrays": arrays,
+        "bytes": {"inline": inline, "container": container, "external": external},
+        "external": [{"target": t, "refs": n, "bytes": b} for t, (n, b) in sorted(ext.items())],
+        "rejected_keys": c.rset.rejected,
+    }

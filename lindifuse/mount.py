@@ -1,0 +1,299 @@
+"""Daemon life cycle: load the source, mount, serve, report readiness, unmount cleanly.
+
+``lindifuse mount`` without ``-f`` starts the daemon as a detached child process (a fresh
+interpreter, not a fork of a process that may hold threads) and waits on a pipe: the child writes
+``OK`` once the FUSE session is up, or ``ERR <one line>`` when the source or mount point is bad.
+The parent then checks that the mount answers (a ``listdir``) before it exits 0, so ``ls`` right
+after ``lindifuse mount`` always works.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from .errors import LindiError, SourceError
+
+log = logging.getLogger("lindifuse")
+
+
+@dataclass
+class MountOptions:
+    source: str
+    mountpoint: str
+    read_only: bool = False
+    fuse_options: list[str] = field(default_factory=list)
+    log_file: str | None = None
+    log_level: str = "INFO"
+    pid_file: str | None = None
+    memory_cache: int = 256 * 2**20
+    ready_fd: int | None = None
+
+
+def setup_logging(log_file: str | None, level: str) -> None:
+    handler: logging.Handler
+    if log_file:
+        os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
+        handler = logging.FileHandler(log_file)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
+
+
+def default_log_file(mountpoint: str) -> str:
+    state = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    name = os.path.abspath(mountpoint).strip("/").replace("/", "_") or "root"
+    return os.path.join(state, "lindifuse", f"{name}.log")
+
+
+def is_mounted(mountpoint: str) -> bool:
+    """True when ``mountpoint`` is a FUSE mount point in /proc/mounts."""
+    target = os.path.abspath(mountpoint)
+    try:
+        with open("/proc/mounts") as f:
+            for line in f:
+                parts = line.split()
+                if (
+                    len(parts) > 2
+                    and parts[1].replace("\\040", " ") == target
+                    and parts[2].startswith("fuse")
+                ):
+                    return True
+    except OSError:
+        pass
+    return False
+
+
+class _Ready:
+    """Reports the daemon's outcome to the waiting parent (or to stderr in the foreground)."""
+
+    def __init__(self, fd: int | None) -> None:
+        self.fd = fd
+
+    def _send(self, msg: str) -> None:
+        if self.fd is None:
+            return
+        try:
+            os.write(self.fd, msg.encode() + b"\n")
+            os.close(self.fd)
+        except OSError:
+            pass
+        self.fd = None
+
+    def ok(self) -> None:
+        self._send("OK")
+        _sd_notify("READY=1")
+
+    def error(self, message: str) -> None:
+        if self.fd is None:
+            print(f"lindifuse: {message}", file=sys.stderr)
+        self._send("ERR " + message.replace("\n", " "))
+
+
+def _sd_notify(state: str) -> None:
+    """Tell systemd (Type=notify units) about our state; a no-op outside systemd."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    import socket
+
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.connect(addr)
+            s.sendall(state.encode())
+    except OSError as e:
+        log.warning("sd_notify failed: %s", e)
+
+
+def _check_mountpoint(mp: str) -> None:
+    if not os.path.isdir(mp):
+        raise SourceError(f"{mp}: mount point is not a directory")
+    if is_mounted(mp):
+        raise SourceError(f"{mp}: something is already mounted there")
+
+
+async def serve(opts: MountOptions) -> int:
+    """Run the daemon in the current process until unmounted; returns the exit status."""
+    import pyfuse3
+
+    from .daemon import build_filesystem
+
+    ready = _Ready(opts.ready_fd)
+    try:
+        _check_mountpoint(opts.mountpoint)
+        fs = await build_filesystem(opts)
+    except LindiError as e:
+        ready.error(str(e))
+        return 1
+    fuse_opts = set(pyfuse3.default_options)
+    fuse_opts.discard("default_permissions")
+    fuse_opts |= {
+        "fsname=" + opts.source.replace(",", "\\,"),
+        "subtype=lindifuse",
+        "default_permissions",
+    }
+    if fs.read_only:
+        fuse_opts.add("ro")
+    for o in opts.fuse_options:
+        fuse_opts.update(x for x in o.split(",") if x)
+    try:
+        pyfuse3.init(fs.ops, opts.mountpoint, fuse_opts)
+    except Exception as e:  # pyfuse3 raises RuntimeError with libfuse's message
+        await fs.aclose()
+        ready.error(f"{opts.mountpoint}: cannot mount: {e}")
+        return 1
+    if opts.pid_file:
+        with open(opts.pid_file, "w") as f:
+            f.write(f"{os.getpid()}\n")
+    log.info(
+        "mounted %s (%s) at %s, pid %d", opts.source, fs.describe(), opts.mountpoint, os.getpid()
+    )
+    status = 0
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_watch_signals, pyfuse3)
+            nursery.start_soon(fs.background)
+            ready.ok()
+            await pyfuse3.main()
+            nursery.cancel_scope.cancel()
+    except BaseException:
+        log.exception("daemon failed")
+        status = 1
+        raise
+    finally:
+        with trio.CancelScope(shield=True):
+            try:
+                await fs.aclose()
+            except Exception:
+                log.exception("error while closing")
+                status = 1
+        pyfuse3.close(unmount=True)
+        log.info("unmounted %s", opts.mountpoint)
+    return status
+
+
+async def _watch_signals(pyfuse3: Any) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for sig in signals:
+            log.info("signal %d: unmounting", sig)
+            pyfuse3.terminate()
+            return
+
+
+def run_foreground(opts: MountOptions) -> int:
+    setup_logging(opts.log_file, opts.log_level)
+    return trio.run(serve, opts)
+
+
+def start_background(opts: MountOptions, argv: list[str]) -> int:
+    """Spawn the daemon, wait until it is ready (or failed) and the mount answers."""
+    log_file = opts.log_file or default_log_file(opts.mountpoint)
+    os.makedirs(os.path.dirname(log_file), exist_ok=True)
+    r, w = os.pipe()
+    cmd = [
+        sys.executable,
+        "-m",
+        "lindifuse",
+        *argv,
+        "--foreground",
+        "--ready-fd",
+        str(w),
+        "--log-file",
+        log_file,
+    ]
+    with open(log_file, "ab") as logf:
+        proc = subprocess.Popen(
+            cmd,
+            pass_fds=(w,),
+            stdin=subprocess.DEVNULL,
+            stdout=logf,
+            stderr=logf,
+            start_new_session=True,
+            close_fds=True,
+        )
+    os.close(w)
+    with os.fdopen(r, "rb") as pipe:
+        msg = pipe.read().decode(errors="replace").strip()
+    if msg == "OK":
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                os.listdir(opts.mountpoint)
+                return 0
+            except OSError as e:
+                if time.monotonic() > deadline:
+                    print(
+                        f"lindifuse: {opts.mountpoint}: mount does not answer: {e}", file=sys.stderr
+                    )
+                    return 1
+                time.sleep(0.02)
+    rc = proc.wait()
+    if msg.startswith("ERR "):
+        print(f"lindifuse: {msg[4:]}", file=sys.stderr)
+    else:
+        print(
+            f"lindifuse: daemon exited with status {rc} before mounting; see {log_file}",
+            file=sys.stderr,
+        )
+    return 1 if rc == 0 else rc
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def umount(mountpoint: str, *, lazy: bool = False, timeout: float = 120.0) -> int:
+    """Unmount and wait until the daemon has exited (so its final flush is done)."""
+    mp = os.path.abspath(mountpoint)
+    if not is_mounted(mp):
+        print(f"lindifuse: {mountpoint}: not a mounted lindifuse file system", file=sys.stderr)
+        return 1
+    pid: int | None = None
+    with contextlib.suppress(OSError, ValueError):
+        pid = int(os.getxattr(mp, "user.lindifuse.pid"))
+    tool = shutil.which("fusermount3") or shutil.which("fusermount")
+    cmd = (
+        [tool, "-u", *(["-z"] if lazy else []), mp]
+        if tool
+        else ["umount", *(["-l"] if lazy else []), mp]
+    )
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        err = (res.stderr or res.stdout).strip().splitlines()
+        print(
+            f"lindifuse: {mountpoint}: cannot unmount: {err[-1] if err else 'failed'}",
+            file=sys.stderr,
+        )
+        return 1
+    if pid is not None:
+        deadline = time.monotonic() + timeout
+        while _pid_alive(pid):
+            if time.monotonic() > deadline:
+                print(
+                    f"lindifuse: {mountpoint}: daemon {pid} still running after {timeout:.0f}s",
+                    file=sys.stderr,
+                )
+                return 1
+            time.sleep(0.02)
+    return 0

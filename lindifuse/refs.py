@@ -1,0 +1,221 @@
+"""The reference file system: keys, reference values, templates, ``gen`` and lindi's padding rule.
+
+Pure logic, no I/O. A reference set is loaded once (``ReferenceSet.from_json``), validated as a
+whole so that a bad SOURCE fails before anything is mounted, and then decoded lazily key by key:
+a 1,000,000-key set keeps the raw JSON values and only builds objects for keys that are touched.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import itertools
+import json
+import math
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import FormatError, RefError
+
+_TEMPLATE_RE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+_NUMERIC_KINDS = ("i", "u", "f")
+
+
+@dataclass(frozen=True, slots=True)
+class Inline:
+    """Content stored in the reference file itself."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Range:
+    """``size`` bytes at ``offset`` of ``target`` (URL, path or ``./member``); size None = whole."""
+
+    target: str
+    offset: int
+    size: int | None
+
+
+Ref = Inline | Range
+
+
+def normalize_key(key: str) -> str | None:
+    """Return the canonical form of a Zarr key, or None when it must be rejected.
+
+    One leading slash is tolerated (some writers emit it). Keys with empty parts, ``.`` or ``..``
+    parts or NUL bytes would escape or alias the directory tree, so they are refused.
+    """
+    if key.startswith("/"):
+        key = key[1:]
+    if not key or "\0" in key:
+        return None
+    for part in key.split("/"):
+        if part in ("", ".", ".."):
+            return None
+    return key
+
+
+def decode_value(key: str, value: Any) -> Ref:
+    """Decode one raw JSON value into a Ref. Raises RefError for content that cannot be decoded."""
+    if isinstance(value, str):
+        if value.startswith("base64:"):
+            try:
+                return Inline(base64.b64decode(value[7:]))
+            except (binascii.Error, ValueError) as e:
+                raise RefError(f"{key}: invalid base64 content ({e})") from None
+        return Inline(value.encode("utf-8"))
+    if isinstance(value, dict):
+        # Byte-identical to lindi: json.dumps with default separators.
+        return Inline(json.dumps(value).encode("utf-8"))
+    if isinstance(value, list):
+        if len(value) == 3:
+            return Range(value[0], value[1], value[2])
+        return Range(value[0], 0, None)
+    raise RefError(f"{key}: unsupported reference value of type {type(value).__name__}")
+
+
+def _check_value(key: str, value: Any, templates: Mapping[str, str], where: str) -> None:
+    """Validate a raw reference value; raise FormatError naming the key."""
+    if isinstance(value, str | dict):
+        return
+    if not isinstance(value, list) or len(value) not in (1, 3):
+        raise FormatError(
+            f"{where}: key {key!r}: reference must be a string, an object or "
+            f"[url] / [url, offset, size], got {json.dumps(value)[:80]}"
+        )
+    target = value[0]
+    if not isinstance(target, str) or not target:
+        raise FormatError(f"{where}: key {key!r}: reference target must be a non-empty string")
+    if len(value) == 3:
+        offset, size = value[1], value[2]
+        if type(offset) is not int or type(size) is not int:
+            raise FormatError(f"{where}: key {key!r}: offset and size must be integers")
+        if offset < 0:
+            raise FormatError(f"{where}: key {key!r}: negative offset {offset}")
+        if size < 0:
+            raise FormatError(f"{where}: key {key!r}: negative size {size}")
+    if "{{" in target:
+        for name in _TEMPLATE_RE.findall(target):
+            if name not in templates:
+                raise FormatError(f"{where}: key {key!r}: unknown template {{{{{name}}}}}")
+
+
+def expand_templates(target: str, templates: Mapping[str, str]) -> str:
+    """Replace ``{{name}}`` in a reference target by its template value."""
+    if "{{" not in target:
+        return target
+    return _TEMPLATE_RE.sub(lambda m: templates[m.group(1)], target)
+
+
+def expand_gen(
+    gen: list[Any], templates: Mapping[str, str], where: str
+) -> Iterator[tuple[str, Any]]:
+    """Expand kerchunk v1 ``gen`` entries (jinja2 templates over dimension products)."""
+    import jinja2  # only needed for the rare files that use gen
+
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    if not isinstance(gen, list):
+        raise FormatError(f"{where}: 'gen' must be a list")
+    for i, g in enumerate(gen):
+        try:
+            dims = {
+                name: (
+                    list(spec)
+                    if isinstance(spec, list)
+                    else range(spec.get("start", 0), spec["stop"], spec.get("step", 1))
+                )
+                for name, spec in g["dimensions"].items()
+            }
+            key_t = env.from_string(g["key"])
+            url_t = env.from_string(g["url"])
+            has_off, has_len = "offset" in g, "length" in g
+            if has_off != has_len:
+                raise FormatError(f"{where}: gen[{i}]: 'offset' and 'length' go together")
+            off_t = env.from_string(str(g["offset"])) if has_off else None
+            len_t = env.from_string(str(g["length"])) if has_len else None
+            for combo in itertools.product(*dims.values()):
+                ctx = {**templates, **dict(zip(dims.keys(), combo, strict=True))}
+                url = url_t.render(**ctx)
+                if off_t is not None and len_t is not None:
+                    value: Any = [url, int(off_t.render(**ctx)), int(len_t.render(**ctx))]
+                else:
+                    value = [url]
+                yield key_t.render(**ctx), value
+        except FormatError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, jinja2.TemplateError) as e:
+            raise FormatError(f"{where}: gen[{i}]: {type(e).__name__}: {e}") from None
+
+
+@dataclass
+class ReferenceSet:
+    """A validated reference file system: ``refs`` maps normalized keys to raw JSON values."""
+
+    refs: dict[str, Any]
+    templates: dict[str, str]
+    rejected: list[str]
+    extra: dict[str, Any]  # other top-level members (version, generationMetadata), kept on rewrite
+
+    @classmethod
+    def from_json(cls, obj: Any, where: str) -> ReferenceSet:
+        """Validate a parsed lindi.json / kerchunk v1 document. ``where`` names the file."""
+        if not isinstance(obj, dict):
+            raise FormatError(f"{where}: not a reference file system (top level is not an object)")
+        if "refs" not in obj:
+            raise FormatError(f"{where}: not a reference file system (no 'refs' member)")
+        raw = obj["refs"]
+        if not isinstance(raw, dict):
+            raise FormatError(f"{where}: 'refs' must be an object")
+        version = obj.get("version", 1)
+        if version != 1:
+            raise FormatError(f"{where}: unsupported reference file system version {version!r}")
+        templates = obj.get("templates") or {}
+        if not isinstance(templates, dict) or not all(
+            isinstance(v, str) for v in templates.values()
+        ):
+            raise FormatError(f"{where}: 'templates' must map names to strings")
+        refs: dict[str, Any] = {}
+        rejected: list[str] = []
+        items: Iterator[tuple[str, Any]] = iter(raw.items())
+        if "gen" in obj:
+            items = itertools.chain(expand_gen(obj["gen"], templates, where), items)
+        for key, value in items:
+            norm = normalize_key(key)
+            if norm is None:
+                rejected.append(key)
+                continue
+            _check_value(key, value, templates, where)
+            refs[norm] = value
+        extra = {k: v for k, v in obj.items() if k not in ("refs", "gen")}
+        return cls(refs=refs, templates=templates, rejected=rejected, extra=extra)
+
+
+def is_chunk_name(name: str) -> bool:
+    """lindi's test for a chunk key's last part: integers separated by dots (``0``, ``1.2.0``)."""
+    if not name:
+        return False
+    return all(p.isdigit() or (p.startswith("-") and p[1:].isdigit()) for p in name.split("."))
+
+
+def padded_chunk_size(zarray: Mapping[str, Any]) -> int | None:
+    """Size to zero-pad short chunks of an array to, or None when no padding applies.
+
+    lindi pads any short chunk of a numeric array. We pad only uncompressed, unfiltered arrays:
+    padding compressed bytes is harmless for zlib/blosc but corrupts zstd streams, and a
+    compressed chunk is never "short" in the contiguous-dataset sense the rule exists for.
+    """
+    import numpy as np
+
+    if zarray.get("compressor") is not None or zarray.get("filters"):
+        return None
+    try:
+        dtype = np.dtype(zarray["dtype"])
+        chunks = [int(c) for c in zarray["chunks"]]
+    except (KeyError, TypeError, ValueError):
+        return None
+    if dtype.kind not in _NUMERIC_KINDS:
+        return None
+    return math.prod(chunks) * dtype.itemsize

@@ -1,0 +1,187 @@
+"""The key namespace: every key a file, every proper prefix of a key a directory.
+
+Pure in-memory structure, no I/O and no pyfuse3. Inodes are stable for the life of the mount.
+Building is one dict lookup per key (parents are memoised by directory path) so a
+1,000,000-key reference set builds in about a second; nodes use ``__slots__`` to stay small.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+ROOT_INODE = 1
+
+
+class Node:
+    """A file (``children is None``) or a directory. ``key`` is the Zarr key ('' for the root)."""
+
+    __slots__ = ("inode", "name", "parent", "children", "key", "size", "extra")
+
+    def __init__(self, inode: int, name: str, parent: Node | None, key: str, is_dir: bool) -> None:
+        self.inode = inode
+        self.name = name
+        self.parent = parent
+        self.key = key
+        self.children: dict[str, Node] | None = {} if is_dir else None
+        self.size = -1  # cached content size of a file; -1 = not known yet
+        self.extra: object = None  # per-node data owned by the fs layer (padding, staging)
+
+    @property
+    def is_dir(self) -> bool:
+        return self.children is not None
+
+    def __repr__(self) -> str:
+        kind = "dir" if self.is_dir else "file"
+        return f"<Node {kind} {self.inode} {self.key!r}>"
+
+
+def join_key(parent_key: str, name: str) -> str:
+    return f"{parent_key}/{name}" if parent_key else name
+
+
+class Tree:
+    """Inode table and directory structure for a set of keys."""
+
+    def __init__(self) -> None:
+        self.root = Node(ROOT_INODE, "", None, "", True)
+        self.nodes: dict[int, Node] = {ROOT_INODE: self.root}
+        self._dirs: dict[str, Node] = {"": self.root}
+        self._next_inode = ROOT_INODE + 1
+        self.conflicts: list[str] = []
+        self.nfiles = 0
+
+    @classmethod
+    def from_keys(cls, keys: Iterable[str]) -> Tree:
+        """Build from normalized keys. A key that is also a prefix of another key is a conflict:
+        the directory wins (it holds more data) and the key is reported in ``conflicts``."""
+        tree = cls()
+        for key in keys:
+            parent_path, _, name = key.rpartition("/")
+            parent = tree._dirs.get(parent_path)
+            if parent is None:
+                parent = tree._ensure_dir(parent_path)
+                if parent is None:
+                    tree.conflicts.append(key)
+                    continue
+            if name in parent.children:  # type: ignore[operator]
+                existing = parent.children[name]  # type: ignore[index]
+                if existing.is_dir:
+                    tree.conflicts.append(key)
+                continue
+            tree._add(parent, name, key, is_dir=False)
+        return tree
+
+    def _alloc(self) -> int:
+        ino = self._next_inode
+        self._next_inode += 1
+        return ino
+
+    def _add(self, parent: Node, name: str, key: str, *, is_dir: bool) -> Node:
+        node = Node(self._alloc(), name, parent, key, is_dir)
+        parent.children[name] = node  # type: ignore[index]
+        self.nodes[node.inode] = node
+        if is_dir:
+            self._dirs[key] = node
+        else:
+            self.nfiles += 1
+        return node
+
+    def _ensure_dir(self, path: str) -> Node | None:
+        """Directory node for ``path``, creating missing ones; None if a file is in the way."""
+        node = self._dirs.get(path)
+        if node is not None:
+            return node
+        parent_path, _, name = path.rpartition("/")
+        parent = self._ensure_dir(parent_path)
+        if parent is None:
+            return None
+        existing = parent.children.get(name)  # type: ignore[union-attr]
+        if existing is not None:
+            if not existing.is_dir:
+                # A file key is a prefix of other keys: the directory wins.
+                self.conflicts.append(existing.key)
+                self._remove(existing)
+            else:
+                return existing
+        return self._add(parent, name, path, is_dir=True)
+
+    def _remove(self, node: Node) -> None:
+        assert node.parent is not None
+        del node.parent.children[node.name]  # type: ignore[union-attr]
+        del self.nodes[node.inode]
+        if node.is_dir:
+            del self._dirs[node.key]
+        else:
+            self.nfiles -= 1
+
+    # -- queries -------------------------------------------------------------------------------
+
+    def get(self, inode: int) -> Node | None:
+        return self.nodes.get(inode)
+
+    def lookup(self, parent: Node, name: str) -> Node | None:
+        if parent.children is None:
+            return None
+        return parent.children.get(name)
+
+    def by_key(self, key: str) -> Node | None:
+        if key in self._dirs:
+            return self._dirs[key]
+        parent_path, _, name = key.rpartition("/")
+        parent = self._dirs.get(parent_path)
+        if parent is None:
+            return None
+        return parent.children.get(name)  # type: ignore[union-attr]
+
+    def walk_files(self, node: Node | None = None) -> Iterator[Node]:
+        stack = [node or self.root]
+        while stack:
+            n = stack.pop()
+            if n.children is None:
+                yield n
+            else:
+                stack.extend(n.children.values())
+
+    @property
+    def ndirs(self) -> int:
+        return len(self._dirs)
+
+    # -- mutations (writable mounts) -------------------------------------------------------------
+
+    def add_file(self, parent: Node, name: str) -> Node:
+        return self._add(parent, name, join_key(parent.key, name), is_dir=False)
+
+    def add_dir(self, parent: Node, name: str) -> Node:
+        return self._add(parent, name, join_key(parent.key, name), is_dir=True)
+
+    def remove(self, node: Node) -> None:
+        """Detach a file or an empty directory."""
+        if node.children:
+            raise ValueError("directory not empty")
+        self._remove(node)
+
+    def move(self, node: Node, new_parent: Node, new_name: str) -> list[tuple[str, str]]:
+        """Move ``node`` under ``new_parent`` as ``new_name`` (the target name must be free).
+
+        Returns the (old_key, new_key) pairs of every file under it, so the caller can re-key
+        references; directory keys are re-indexed here.
+        """
+        assert node.parent is not None and new_parent.children is not None
+        del node.parent.children[node.name]  # type: ignore[union-attr]
+        node.parent = new_parent
+        node.name = new_name
+        new_parent.children[new_name] = node
+        moved: list[tuple[str, str]] = []
+        stack = [node]
+        while stack:
+            n = stack.pop()
+            assert n.parent is not None
+            old = n.key
+            n.key = join_key(n.parent.key, n.name)
+            if n.children is None:
+                moved.append((old, n.key))
+            else:
+                del self._dirs[old]
+                self._dirs[n.key] = n
+                stack.extend(n.children.values())
+        return moved
