@@ -206,3 +206,20 @@ async def open_container(source: str, http: HttpClient, local: LocalFiles) -> Co
         rset = await _rset_from_bytes(raw, source)
         return Container("json", path, False, rset, st.st_mtime, len(raw))
     raise SourceError(f"{source}: HDF5 sources are not supported yet (convert with lindi)")
+
+
+def container_from_archive(archive: Any, kind: str) -> Container:
+    """A Container over an archive opened for writing: it shares the archive's member table, so
+    blobs appended by the writer resolve at once."""
+    where = archive.path
+    rset = ReferenceSet.from_json(archive.rfs, where)
+    lj = os.path.join(where, "lindi.json") if kind == "dir" else where
+    return Container(
+        kind,
+        os.path.abspath(where),
+        False,
+        rset,
+        os.stat(lj).st_mtime,
+        0,
+        archive.members if kind == "tar" else {},
+    )

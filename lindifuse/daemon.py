@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import asdict
 from typing import Any
 
+import trio
+
+from .archive import open_archive
 from .cache import MemoryCache
-from .containers import Container, open_container
+from .containers import HEAD_BYTES, Container, container_from_archive, open_container
 from .content import ContentService
-from .fs import LindiOperations
-from .sources import HttpClient, LocalFiles
+from .fs import LindiOperations, WritableOperations
+from .sources import HttpClient, LocalFiles, is_url
 from .tree import Tree
+from .writer import Writer
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +33,7 @@ class FileSystem:
         cache: MemoryCache,
         *,
         read_only: bool,
+        archive: Any = None,
     ) -> None:
         self.container = container
         self.http = http
@@ -51,9 +57,30 @@ class FileSystem:
                 key,
             )
         self.content = ContentService(container, http, local, cache)
-        self.ops = LindiOperations(
-            self.tree, self.content, mtime=container.mtime, read_only=read_only, stats=self.stats
-        )
+        self.archive = archive
+        self.writer: Writer | None = None
+        if archive is None:
+            self.ops: LindiOperations = LindiOperations(
+                self.tree, self.content, mtime=container.mtime, read_only=True, stats=self.stats
+            )
+        else:
+            folder = os.path.dirname(container.source.rstrip("/"))
+            self.writer = Writer(
+                archive,
+                self.tree,
+                self.content,
+                container.rset.refs,
+                container.rset.extra,
+                staging_dir=folder,
+            )
+            self.ops = WritableOperations(
+                self.tree,
+                self.content,
+                self.writer,
+                mtime=container.mtime,
+                statvfs_path=folder,
+                stats=self.stats,
+            )
 
     def describe(self) -> str:
         return f"{self.container.kind}, {self.tree.nfiles} keys, {'ro' if self.read_only else 'rw'}"
@@ -85,21 +112,49 @@ class FileSystem:
 
     async def background(self) -> None:
         """Periodic work of the daemon (write flushes on writable mounts)."""
-        return None
+        if self.writer is not None:
+            await self.writer.run_timer()
 
     async def aclose(self) -> None:
-        await self.http.aclose()
-        self.local.close()
+        try:
+            if self.writer is not None:
+                await self.writer.close()
+        finally:
+            await self.http.aclose()
+            self.local.close()
+
+
+def _writable_kind(source: str) -> str | None:
+    """'tar' or 'dir' when SOURCE is a local archive that can be mounted read-write."""
+    if is_url(source):
+        return None
+    if os.path.isdir(source):
+        return "dir" if os.path.isfile(os.path.join(source, "lindi.json")) else None
+    try:
+        with open(source, "rb") as f:
+            head = f.read(HEAD_BYTES)
+    except OSError:
+        return None
+    return "tar" if len(head) > 262 and head[257:262] == b"ustar" else None
 
 
 async def build_filesystem(opts: Any) -> FileSystem:
     http = HttpClient()
     local = LocalFiles()
+    cache = MemoryCache(opts.memory_cache)
     try:
+        kind = None if opts.read_only else _writable_kind(opts.source)
+        if kind is not None:
+            archive = await trio.to_thread.run_sync(
+                lambda: open_archive(opts.source, writable=True)
+            )
+            for line in archive.recovered:
+                log.warning("%s: recovered: %s", opts.source, line)
+            container = container_from_archive(archive, kind)
+            return FileSystem(container, http, local, cache, read_only=False, archive=archive)
         container = await open_container(opts.source, http, local)
     except BaseException:
         await http.aclose()
         local.close()
         raise
-    read_only = opts.read_only or container.remote or container.kind == "json"
-    return FileSystem(container, http, local, MemoryCache(opts.memory_cache), read_only=read_only)
+    return FileSystem(container, http, local, cache, read_only=True)

@@ -20,6 +20,7 @@ import pyfuse3
 from .content import ContentService
 from .errors import RefError
 from .tree import Node, Tree
+from .writer import Writer
 
 log = logging.getLogger(__name__)
 
@@ -82,13 +83,16 @@ class LindiOperations(pyfuse3.Operations):
             a.st_mode = stat.S_IFREG | (0o444 if self.read_only else 0o644)
             a.st_nlink = 1
             try:
-                a.st_size = await self.content.size(node)
+                a.st_size = await self._file_size(node)
             except RefError as e:
                 # The file still exists: show it with size 0 so ls works; reads give EIO.
                 log.error("%s", e)
                 a.st_size = 0
             a.st_blocks = (a.st_size + 511) // 512
         return a
+
+    async def _file_size(self, node: Node) -> int:
+        return await self.content.size(node)
 
     def _erofs(self) -> None:
         raise pyfuse3.FUSEError(errno.EROFS)
@@ -248,3 +252,231 @@ class LindiOperations(pyfuse3.Operations):
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         self._erofs()
         raise AssertionError
+
+
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+
+
+class WritableOperations(LindiOperations):
+    """Operations of a writable mount: every mutation goes through a ``Writer``."""
+
+    def __init__(
+        self,
+        tree: Tree,
+        content: ContentService,
+        writer: Writer,
+        *,
+        mtime: float,
+        statvfs_path: str,
+        stats: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        super().__init__(tree, content, mtime=mtime, read_only=False, stats=stats)
+        self.writer = writer
+        self.statvfs_path = statvfs_path
+        self._handles: dict[int, Node] = {}
+        self._next_fh = 1
+
+    def _new_handle(self, node: Node) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        self._handles[fh] = node
+        return fh
+
+    def _handle(self, fh: int) -> Node:
+        node = self._handles.get(fh)
+        if node is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        return node
+
+    async def _file_size(self, node: Node) -> int:
+        size = self.writer.size(node)
+        return size if size is not None else await self.content.size(node)
+
+    def _child(self, parent_inode: int, name: bytes) -> tuple[Node, str, Node | None]:
+        parent = self._node(parent_inode)
+        if parent.children is None:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        sname = os.fsdecode(name)
+        if sname in (".", "..") or "/" in sname or "\0" in sname:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        return parent, sname, parent.children.get(sname)
+
+    async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
+        s = await super().statfs(ctx)
+        try:
+            v = os.statvfs(self.statvfs_path)
+        except OSError:
+            return s
+        s.f_bsize, s.f_frsize = v.f_bsize, v.f_frsize
+        s.f_blocks, s.f_bfree, s.f_bavail = v.f_blocks, v.f_bfree, v.f_bavail
+        s.f_ffree = s.f_favail = max(v.f_ffree, 1 << 20)
+        return s
+
+    async def access(self, inode: int, mode: int, ctx: Any) -> bool:
+        return True
+
+    # -- files --------------------------------------------------------------------------------
+
+    async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
+        node = self._node(inode)
+        if node.children is not None:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        if flags & (os.O_WRONLY | os.O_RDWR):
+            try:
+                await self.writer.ensure_staged(node, truncate=bool(flags & os.O_TRUNC))
+            except RefError as e:
+                log.error("cannot open %s for writing: %s", node.key, e)
+                raise pyfuse3.FUSEError(errno.EIO) from None
+        self.writer.opened(node)
+        return pyfuse3.FileInfo(fh=self._new_handle(node), keep_cache=False)
+
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        parent, sname, existing = self._child(parent_inode, name)
+        if existing is not None:
+            if flags & os.O_EXCL:
+                raise pyfuse3.FUSEError(errno.EEXIST)
+            return await self.open(existing.inode, flags, ctx), await self._attrs(existing)
+        node = self.tree.add_file(parent, sname)
+        self.writer.new_file(node)
+        self.writer.opened(node)
+        fi = pyfuse3.FileInfo(fh=self._new_handle(node), keep_cache=False)
+        return fi, await self._attrs(node)
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        node = self._handle(fh)
+        data = await self.writer.read(node, off, size)
+        if data is not None:
+            return data
+        try:
+            return await self.content.read(node, off, size)
+        except RefError as e:
+            log.error("read failed: %s", e)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        node = self._handle(fh)
+        try:
+            return await self.writer.write(node, off, buf)
+        except RefError as e:
+            log.error("write failed: %s", e)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    async def flush(self, fh: int) -> None:
+        return None
+
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        node = self._handle(fh)
+        try:
+            await self.writer.fsync(node)
+        except OSError as e:
+            log.error("fsync of %s failed: %s", node.key, e)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        await self.writer.flush(durable=True)
+
+    async def release(self, fh: int) -> None:
+        node = self._handles.pop(fh, None)
+        if node is not None:
+            await self.writer.released(node)
+
+    async def setattr(
+        self, inode: int, attr: Any, fields: Any, fh: Any, ctx: Any
+    ) -> pyfuse3.EntryAttributes:
+        node = self._node(inode)
+        if fields.update_size:
+            if node.children is not None:
+                raise pyfuse3.FUSEError(errno.EISDIR)
+            await self.writer.truncate(node, attr.st_size)
+        # Modes, owners and times are accepted but not stored (see docs/semantics.md).
+        return await self._attrs(node)
+
+    # -- namespace ------------------------------------------------------------------------------
+
+    async def mkdir(
+        self, parent_inode: int, name: bytes, mode: int, ctx: Any
+    ) -> pyfuse3.EntryAttributes:
+        parent, sname, existing = self._child(parent_inode, name)
+        if existing is not None:
+            raise pyfuse3.FUSEError(errno.EEXIST)
+        return await self._attrs(self.tree.add_dir(parent, sname))
+
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        _, _, node = self._child(parent_inode, name)
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        if node.children is None:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        if node.children:
+            raise pyfuse3.FUSEError(errno.ENOTEMPTY)
+        self.tree.remove(node)
+
+    async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        _, _, node = self._child(parent_inode, name)
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        if node.children is not None:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        self.tree.remove(node)
+        self.writer.removed(node)
+
+    async def rename(
+        self, p_old: int, n_old: bytes, p_new: int, n_new: bytes, flags: int, ctx: Any
+    ) -> None:
+        if flags & RENAME_EXCHANGE:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        _, _, node = self._child(p_old, n_old)
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        new_parent, new_name, target = self._child(p_new, n_new)
+        if target is node:
+            return
+        anc: Node | None = new_parent
+        while anc is not None:
+            if anc is node:
+                raise pyfuse3.FUSEError(errno.EINVAL)  # moving a directory into itself
+            anc = anc.parent
+        if target is not None:
+            if flags & RENAME_NOREPLACE:
+                raise pyfuse3.FUSEError(errno.EEXIST)
+            if target.children is not None:
+                if node.children is None:
+                    raise pyfuse3.FUSEError(errno.EISDIR)
+                if target.children:
+                    raise pyfuse3.FUSEError(errno.ENOTEMPTY)
+                self.tree.remove(target)
+            else:
+                if node.children is not None:
+                    raise pyfuse3.FUSEError(errno.ENOTDIR)
+                self.tree.remove(target)
+                self.writer.removed(target)
+        self.writer.moved(self.tree.move(node, new_parent, new_name))
+        await self.writer.commit_after_rename(node)
+
+    async def link(
+        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any
+    ) -> pyfuse3.EntryAttributes:
+        src = self._node(inode)
+        if src.children is not None:
+            raise pyfuse3.FUSEError(errno.EPERM)
+        parent, sname, existing = self._child(new_parent_inode, new_name)
+        if existing is not None:
+            raise pyfuse3.FUSEError(errno.EEXIST)
+        dst = self.tree.add_file(parent, sname)
+        self.writer.linked(src, dst)
+        return await self._attrs(dst)
+
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any) -> Any:
+        raise pyfuse3.FUSEError(errno.EPERM)
+
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any) -> Any:
+        raise pyfuse3.FUSEError(errno.EPERM)
+
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
+        raise pyfuse3.FUSEError(errno.ENOTSUP)
+
+    async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
+        raise pyfuse3.FUSEError(errno.ENOTSUP)

@@ -1,0 +1,283 @@
+"""Writes on a writable mount: staging, committing into the archive, batched durable flushes.
+
+A file opened for writing is *staged* in an anonymous temporary file next to the archive (same
+file system, so large writes never sit in RAM). Its content is *committed* into the archive when
+it is renamed (zarr-python writes ``key.<uuid>.partial`` then renames it over ``key``: committing
+at rename names the blob after the final key), on fsync, on the flush timer once it is closed, and
+at unmount. Committing appends a ``blobs/<key>`` member (or keeps small content and metadata
+inline, following lindi's rule) and edits the in-memory reference set; the reference set and the
+index are written out in batches (``flush``), so the cost of a commit does not grow with the
+archive. ``fsync`` and unmount flush durably; see ``lindifuse.archive`` for the crash-safe commit.
+
+No pyfuse3 here: ``lindifuse.fs`` maps FUSE requests onto these methods.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import tempfile
+from typing import Any
+
+import trio
+
+from . import tarfmt
+from .content import ContentService
+from .tree import Node, Tree
+
+log = logging.getLogger(__name__)
+
+COPY_BLOCK = 4 * 2**20
+
+
+class Staged:
+    """Content of a file being written: a temporary file plus bookkeeping."""
+
+    __slots__ = ("file", "size", "dirty", "opens")
+
+    def __init__(self, directory: str) -> None:
+        self.file = tempfile.TemporaryFile(dir=directory, prefix=".lindifuse-")  # noqa: SIM115
+        self.size = 0
+        self.dirty = False
+        self.opens = 0
+
+    def pwrite(self, off: int, buf: bytes) -> int:
+        n = os.pwrite(self.file.fileno(), buf, off)
+        self.size = max(self.size, off + n)
+        self.dirty = True
+        return n
+
+    def pread(self, off: int, size: int) -> bytes:
+        return os.pread(self.file.fileno(), max(0, min(size, self.size - off)), off)
+
+    def truncate(self, size: int) -> None:
+        os.ftruncate(self.file.fileno(), size)
+        self.size = size
+        self.dirty = True
+
+    def read_all(self) -> bytes:
+        return os.pread(self.file.fileno(), self.size, 0)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class Writer:
+    """Owns every mutation of a writable mount's namespace and reference set."""
+
+    def __init__(
+        self,
+        archive: Any,
+        tree: Tree,
+        content: ContentService,
+        refs: dict[str, Any],
+        doc_extra: dict[str, Any],
+        *,
+        staging_dir: str,
+        flush_interval: float = 1.0,
+    ) -> None:
+        self.archive = archive
+        self.tree = tree
+        self.content = content
+        self.refs = refs
+        self.doc_extra = doc_extra
+        self.staging_dir = staging_dir
+        self.flush_interval = flush_interval
+        self.staged: dict[int, Staged] = {}
+        self.refs_dirty = False
+        self.lock = trio.Lock()  # serializes archive I/O (one writer thread at a time)
+        self.commits = 0
+        self.flushes = 0
+
+    # -- staging ----------------------------------------------------------------------------
+
+    def new_file(self, node: Node) -> Staged:
+        st = Staged(self.staging_dir)
+        st.dirty = True  # an empty new file is content too
+        self.staged[node.inode] = st
+        return st
+
+    async def ensure_staged(self, node: Node, *, truncate: bool = False) -> Staged:
+        """Stage ``node`` for writing, copying its committed content unless truncating."""
+        st = self.staged.get(node.inode)
+        if st is not None:
+            if truncate and st.size:
+                st.truncate(0)
+            return st
+        st = Staged(self.staging_dir)
+        if truncate:
+            st.dirty = True
+        elif node.key in self.refs:
+            size = await self.content.size(node)
+            off = 0
+            while off < size:
+                data = await self.content.read(node, off, min(COPY_BLOCK, size - off))
+                await trio.to_thread.run_sync(st.pwrite, off, data)
+                off += len(data)
+            st.dirty = False
+        self.staged[node.inode] = st
+        return st
+
+    def size(self, node: Node) -> int | None:
+        st = self.staged.get(node.inode)
+        return None if st is None else st.size
+
+    async def read(self, node: Node, off: int, size: int) -> bytes | None:
+        """Staged content, or None when the file is not staged (read the committed ref)."""
+        st = self.staged.get(node.inode)
+        if st is None:
+            return None
+        return await trio.to_thread.run_sync(st.pread, off, size)
+
+    async def write(self, node: Node, off: int, buf: bytes) -> int:
+        st = await self.ensure_staged(node)
+        return await trio.to_thread.run_sync(st.pwrite, off, buf)
+
+    async def truncate(self, node: Node, size: int) -> None:
+        st = await self.ensure_staged(node, truncate=size == 0)
+        if st.size != size:
+            st.truncate(size)
+
+    def opened(self, node: Node) -> None:
+        st = self.staged.get(node.inode)
+        if st is not None:
+            st.opens += 1
+
+    async def released(self, node: Node) -> None:
+        st = self.staged.get(node.inode)
+        if st is None:
+            return
+        st.opens = max(0, st.opens - 1)
+        if st.opens == 0 and node.inode not in self.tree.nodes:
+            self._drop(node)  # unlinked while open: its content goes with the last close
+
+    def _drop(self, node: Node) -> None:
+        st = self.staged.pop(node.inode, None)
+        if st is not None:
+            st.close()
+
+    # -- namespace edits --------------------------------------------------------------------
+
+    def _invalidate(self, node: Node) -> None:
+        node.extra = None
+        node.size = -1
+        if node.name == ".zarray" and node.parent is not None:
+            # Padded sizes of the sibling chunks depend on .zarray.
+            self.content.forget_dir_meta(node.parent)
+            for sib in (node.parent.children or {}).values():
+                if sib.children is None and sib is not node:
+                    sib.extra = None
+                    sib.size = -1
+
+    def removed(self, node: Node) -> None:
+        """``node`` was unlinked (already detached from the tree)."""
+        if self.refs.pop(node.key, None) is not None:
+            self.refs_dirty = True
+        st = self.staged.get(node.inode)
+        if st is not None and st.opens == 0:
+            self._drop(node)
+        if node.name == ".zarray":
+            self._invalidate(node)
+
+    def moved(self, pairs: list[tuple[str, str]]) -> None:
+        """Keys renamed by a rename(2): move their references."""
+        for old, new in pairs:
+            value = self.refs.pop(old, None)
+            if value is not None:
+                self.refs[new] = value
+                self.refs_dirty = True
+            node = self.tree.by_key(new)
+            if node is not None:
+                self._invalidate(node)
+
+    async def commit_after_rename(self, node: Node) -> None:
+        """Commit closed staged files that a rename just gave their final name."""
+        for n in [node] if node.children is None else list(self.tree.walk_files(node)):
+            st = self.staged.get(n.inode)
+            if st is not None and st.opens == 0 and st.dirty:
+                await self.commit(n)
+
+    def linked(self, src: Node, dst: Node) -> None:
+        """``dst`` is a new name for ``src``'s content (a copy of its reference)."""
+        st = self.staged.get(src.inode)
+        if st is not None:
+            new = self.new_file(dst)
+            new.pwrite(0, st.read_all())
+            new.truncate(st.size)
+        elif src.key in self.refs:
+            self.refs[dst.key] = copy.deepcopy(self.refs[src.key])
+            self.refs_dirty = True
+
+    # -- committing -------------------------------------------------------------------------
+
+    async def commit(self, node: Node) -> None:
+        """Move a staged file's content into the archive (blob or inline) and the refs."""
+        st = self.staged.get(node.inode)
+        if st is None or not st.dirty:
+            return
+        key = node.key
+        async with self.lock:
+            if node.inode not in self.tree.nodes:
+                return  # unlinked meanwhile
+            data = await trio.to_thread.run_sync(st.read_all)
+            if tarfmt.lindi_inline_rule(key, len(data)):
+                self.refs[key] = tarfmt.inline_value(key, data, exact=True)
+            else:
+                member = await trio.to_thread.run_sync(
+                    self.archive.append_blob, "blobs/" + key, data
+                )
+                self.refs[key] = ["./" + member.name, 0, len(data)]
+            st.dirty = False
+            self.refs_dirty = True
+            self.commits += 1
+        if st.opens == 0:
+            self._drop(node)
+        self._invalidate(node)
+
+    async def commit_all(self, *, include_open: bool = False) -> None:
+        for inode, st in list(self.staged.items()):
+            if st.dirty and (include_open or st.opens == 0):
+                node = self.tree.get(inode)
+                if node is not None:
+                    await self.commit(node)
+
+    async def flush(self, *, durable: bool = True) -> None:
+        """Commit closed files and write lindi.json + index (durably: fsync before returning)."""
+        await self.commit_all()
+        async with self.lock:
+            if not self.refs_dirty:
+                return
+            doc = {**self.doc_extra, "refs": self.refs}
+            self.refs_dirty = False
+            try:
+                await trio.to_thread.run_sync(lambda: self.archive.commit(doc, durable=durable))
+            except BaseException:
+                self.refs_dirty = True
+                raise
+            self.flushes += 1
+
+    async def fsync(self, node: Node) -> None:
+        st = self.staged.get(node.inode)
+        if st is not None and st.dirty:
+            await self.commit(node)
+        await self.flush(durable=True)
+
+    async def run_timer(self) -> None:
+        """Background task: flush every ``flush_interval`` seconds while there is work."""
+        while True:
+            await trio.sleep(self.flush_interval)
+            if self.refs_dirty or any(s.dirty and s.opens == 0 for s in self.staged.values()):
+                try:
+                    await self.flush(durable=True)
+                except Exception:
+                    log.exception("periodic flush failed; will retry")
+
+    async def close(self) -> None:
+        """Final flush at unmount: every file, open or not, is committed."""
+        await self.commit_all(include_open=True)
+        await self.flush(durable=True)
+        for st in self.staged.values():
+            st.close()
+        self.staged.clear()
+        await trio.to_thread.run_sync(self.archive.close)
