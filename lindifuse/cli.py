@@ -140,6 +140,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("source", metavar="SOURCE")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser(
+        "create",
+        help="create a new .lindi.tar or .lindi.d",
+        description="Create TARGET (a .lindi.tar, or a .lindi.d folder when the name ends in .d) "
+        "holding an empty root group that lindi opens, or, with --from, the references of SOURCE "
+        "(a local or remote lindi.json or .lindi.tar; the internal references of a remote tar "
+        "become byte ranges of its URL). Mount TARGET to add data without copying SOURCE.",
+    )
+    p.add_argument("target", metavar="TARGET")
+    p.add_argument("--from", dest="source", metavar="SOURCE", help="start from these references")
+
+    p = sub.add_parser(
+        "check",
+        help="verify an archive (exit 1 with a list of problems)",
+        description="Verify a .lindi.tar or .lindi.d: tar headers against the index, the entry "
+        "and index self-references, lindi.json, and that every internal reference lies inside "
+        "its member. Exits 0 when clean, 1 with one line per problem otherwise.",
+    )
+    p.add_argument("source", metavar="ARCHIVE")
+    p.add_argument("--repair", action="store_true", help="fix what can be fixed, then re-check")
+
+    p = sub.add_parser(
+        "compact",
+        help="rewrite an archive without trashed or unreferenced members",
+        description="Copy IN to OUT keeping only the members lindi.json references (trashed JSON "
+        "members, spares, overwritten and deleted blobs are left out).",
+    )
+    p.add_argument("src", metavar="IN")
+    p.add_argument("dst", metavar="OUT")
     return parser
 
 
@@ -200,6 +230,30 @@ def main(argv: list[str] | None = None) -> int:
             return umount(args.mountpoint, lazy=args.lazy, timeout=args.timeout)
         if args.command == "info":
             return cmd_info(args)
+        if args.command == "create":
+            import trio
+
+            from .admin import create
+
+            print(trio.run(create, args.target, args.source))
+            return 0
+        if args.command == "check":
+            from .admin import check
+
+            problems, fixes = check(args.source, repair=args.repair)
+            for f in fixes:
+                print(f"fixed: {f}")
+            for p in problems:
+                print(f"{args.source}: {p}")
+            if not problems:
+                print(f"{args.source}: ok")
+            return 1 if problems else 0
+        if args.command == "compact":
+            from .admin import compact
+
+            for line in compact(args.src, args.dst):
+                print(line)
+            return 0
     except LindiError as e:
         print(f"lindifuse: {e}", file=sys.stderr)
         return 1
