@@ -1,0 +1,275 @@
+"""Fixture generator and reference dumper, run with the *lindi* venv's python.
+
+lindi 0.4.x needs zarr<3 while lindifuse uses zarr 3, so this script is never
+imported by the main test environment: tests run it as a subprocess with the
+interpreter of `.venv-lindi` (see conftest.py, fixture ``lindi_python``).
+
+Subcommands (all paths may be relative):
+
+  make-h5 OUT.h5 [--external-link]
+      A small NWB-like HDF5 file (see ``make_h5`` for what is in it).
+  to-lindi IN.h5 OUT [--url URL] [--max-chunk-size N] [--amend]
+      Convert with lindi; OUT ends in .lindi.json, .lindi.tar or .lindi.d.
+      Chunk references name URL (default: the absolute path of IN.h5).
+      --amend then opens OUT with lindi in r+ mode and adds datasets, so a
+      .lindi.tar / .lindi.d also holds internal blobs ("./blobs/...").
+  dump-store SOURCE OUT.json [--raw]
+      {key: base64(bytes lindi's store returns for key)} for every key in refs
+      (lindi's chunk zero-padding applied, exactly as lindi serves it).
+      --raw: the referenced bytes without lindi's padding.
+  read-arrays SOURCE OUT.npz
+      Every dataset's values as lindi's h5py-like API returns them.
+  fixtures OUTDIR
+      All of the above in one process (saves interpreter start-up):
+      example.h5, example.lindi.{json,tar,d}, amended.lindi.{tar,d}, and
+      OUTDIR/reference/<name>.{store.json,raw.json,arrays.npz} for each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import sys
+
+import h5py
+import lindi
+import numpy as np
+
+# Small split size so the fixture stays small but lindi still splits the
+# contiguous dataset and its last chunk is short (=> lindi zero-pads it).
+DEFAULT_MAX_CHUNK_SIZE = 10_000
+
+
+def make_h5(path: str, external_link: bool = False) -> None:
+    """Write a small NWB-like HDF5 file.
+
+    - root attrs (NWB-ish), nested groups acquisition/ts and processing/behavior
+    - acquisition/ts/data: int16 (100, 37), chunks (16, 8), gzip+shuffle:
+      partial edge chunks in both dimensions
+    - acquisition/ts/timestamps: float64 (3000,) contiguous = 24000 bytes;
+      with max chunk size 10000 lindi splits it into chunks of 1250 values,
+      the last one holds 500 values (4000 of 10000 bytes) and is zero-padded
+    - acquisition/ts/starting_time: scalar float64 with attrs
+    - general/session_description (scalar str), general/keywords (vlen str array)
+    - general/small_ints: int32 (10,) (inlined by lindi)
+    - processing/behavior/table: compound dataset (x int32, y float64)
+    - processing/behavior/link_to_data: soft link to /acquisition/ts/data
+    - processing/behavior attribute 'ref': object reference to /acquisition/ts
+    - empty group /analysis
+    - with external_link: acquisition/many_chunks int32 (1100,), chunks (1,),
+      more than lindi's 1000-chunk threshold => _EXTERNAL_ARRAY_LINK
+    """
+    rng = np.random.default_rng(1234)
+    with h5py.File(path, "w") as f:
+        f.attrs["neurodata_type"] = "NWBFile"
+        f.attrs["namespace"] = "core"
+        f.attrs["nwb_version"] = "2.7.0"
+        f.attrs["object_id"] = "a0000000-0000-4000-8000-000000000001"
+        acq = f.create_group("acquisition")
+        ts = acq.create_group("ts")
+        ts.attrs["neurodata_type"] = "TimeSeries"
+        ts.attrs["description"] = "a test time series"
+        ts.attrs["comments"] = "no comments"
+        # small values: every compressed chunk is shorter than its 256 raw bytes,
+        # so lindi 0.4 zero-pads them (which a mount must not do)
+        data = rng.integers(-20, 20, size=(100, 37), dtype=np.int16)
+        d = ts.create_dataset(
+            "data", data=data, chunks=(16, 8), compression="gzip", compression_opts=4, shuffle=True
+        )
+        d.attrs["unit"] = "volts"
+        d.attrs["conversion"] = 1.0
+        ts.create_dataset("timestamps", data=np.arange(3000, dtype=np.float64) / 30.0)
+        st = ts.create_dataset("starting_time", data=np.float64(0.5))
+        st.attrs["rate"] = 30.0
+        st.attrs["unit"] = "seconds"
+        gen = f.create_group("general")
+        gen.create_dataset("session_description", data="test session")
+        gen.create_dataset(
+            "keywords", data=["alpha", "beta", "gamma delta"], dtype=h5py.string_dtype()
+        )
+        gen.create_dataset("small_ints", data=np.arange(10, dtype=np.int32))
+        beh = f.create_group("processing").create_group("behavior")
+        beh.attrs["neurodata_type"] = "ProcessingModule"
+        table = np.array([(i, i * 0.5) for i in range(5)], dtype=[("x", "<i4"), ("y", "<f8")])
+        beh.create_dataset("table", data=table)
+        beh["link_to_data"] = h5py.SoftLink("/acquisition/ts/data")
+        beh.attrs["ref"] = f["acquisition/ts"].ref
+        f.create_group("analysis")
+        if external_link:
+            acq.create_dataset("many_chunks", data=np.arange(1100, dtype=np.int32), chunks=(1,))
+
+
+def to_lindi(h5_path: str, out: str, url: str | None, max_chunk_size: int, amend: bool) -> None:
+    if not out.endswith((".lindi.json", ".lindi.tar", ".lindi.d")):
+        raise SystemExit(f"to-lindi: OUT must end in .lindi.json, .lindi.tar or .lindi.d: {out}")
+    opts = lindi.LindiH5ZarrStoreOpts(contiguous_dataset_max_chunk_size=max_chunk_size)
+    ref_url = url or os.path.abspath(h5_path)
+    with lindi.LindiH5pyFile.from_hdf5_file(h5_path, zarr_store_opts=opts, url=ref_url) as f:
+        f.write_lindi_file(out)
+    if amend:
+        _amend(out)
+
+
+def _amend(path: str) -> None:
+    """Add data through lindi's writer (the amend workflow).
+
+    Every chunk is >= 1000 bytes so lindi's tar store writes them all as blobs
+    (and never hits its early-return on an inlined first chunk).
+    """
+    if path.endswith(".lindi.json"):
+        raise SystemExit("--amend only makes sense for .lindi.tar / .lindi.d")
+    with lindi.LindiH5pyFile.from_lindi_file(path, mode="r+") as f:
+        g = f.create_group("processing/amended")
+        g.attrs["description"] = "written by lindi in r+ mode"
+        # uncompressed: 250 * 4 = 1000-byte chunks (the last one written whole by zarr)
+        vals = np.arange(600, dtype=np.float32) * 0.25
+        ds = g.create_dataset("values", data=vals, chunks=(250,), compression=None)
+        ds.attrs["unit"] = "a.u."
+        # gzip-compressed random int64: compressed chunks well over 1000 bytes
+        rng = np.random.default_rng(99)
+        mat = rng.integers(-(2**62), 2**62, size=(40, 30), dtype=np.int64)
+        g.create_dataset("matrix", data=mat, chunks=(20, 30), compression="gzip")
+
+
+def _open(source: str):
+    return lindi.LindiH5pyFile.from_lindi_file(source)
+
+
+def dump_store(source: str, out_json: str, raw: bool = False) -> None:
+    f = _open(source)
+    try:
+        store = f._zarr_store  # LindiReferenceFileSystemStore or LindiTarStore around one
+        base = getattr(store, "_base_store", store)
+        out = {}
+        for key in sorted(base.rfs["refs"]):
+            # raw: the referenced bytes before lindi's zero-padding rule
+            data = base._get_helper(key) if raw else store[key]
+            out[key] = base64.b64encode(data).decode("ascii")
+    finally:
+        f.close()
+    with open(out_json, "w") as fp:
+        json.dump(out, fp, indent=0, sort_keys=True)
+
+
+def _to_plain(value):
+    """numpy value from lindi -> something np.savez can store without pickle."""
+    arr = np.asarray(value)
+    if arr.dtype.kind == "O":
+        flat = [_obj_str(v) for v in arr.ravel()]
+        return np.array(flat, dtype=str).reshape(arr.shape)
+    if arr.dtype.kind == "S":
+        return np.char.decode(arr, "utf-8")
+    return arr
+
+
+def _read_dataset(ds) -> np.ndarray:
+    compound = getattr(ds, "_compound_dtype", None)
+    if compound is not None and compound.names:
+        # lindi only allows field-wise selection on compound datasets
+        cols = [_to_plain(ds[field][:]) for field in compound.names]
+        return np.rec.fromarrays(cols, names=list(compound.names))
+    return _to_plain(ds[()] if ds.ndim == 0 else ds[:])
+
+
+def _obj_str(v) -> str:
+    if isinstance(v, bytes):
+        return v.decode("utf-8")
+    return str(v)
+
+
+def read_arrays(source: str, out_npz: str) -> None:
+    arrays: dict[str, np.ndarray] = {}
+    f = _open(source)
+    try:
+
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset) or obj.__class__.__name__ == "LindiH5pyDataset":
+                link = f.get(name, getlink=True)
+                if (
+                    isinstance(link, h5py.SoftLink)
+                    or link.__class__.__name__ == "LindiH5pySoftLink"
+                ):
+                    return
+                arrays[name] = _read_dataset(obj)
+
+        _visit_items(f, "", visit)
+    finally:
+        f.close()
+    np.savez(out_npz, **arrays)
+
+
+def _visit_items(group, prefix, fn):
+    # lindi's visititems does not follow the h5py contract closely enough; walk by hand
+    for k in group:
+        name = f"{prefix}/{k}" if prefix else k
+        link = group.get(k, getlink=True)
+        if link.__class__.__name__ in ("SoftLink", "LindiH5pySoftLink"):
+            continue
+        obj = group[k]
+        fn(name, obj)
+        if hasattr(obj, "keys") and not hasattr(obj, "shape"):
+            _visit_items(obj, name, fn)
+
+
+def fixtures(outdir: str, max_chunk_size: int) -> None:
+    os.makedirs(os.path.join(outdir, "reference"), exist_ok=True)
+    h5 = os.path.join(outdir, "example.h5")
+    make_h5(h5)
+    names = []
+    for ext in ("json", "tar", "d"):
+        out = os.path.join(outdir, f"example.lindi.{ext}")
+        to_lindi(h5, out, None, max_chunk_size, amend=False)
+        names.append(out)
+    for ext in ("tar", "d"):
+        out = os.path.join(outdir, f"amended.lindi.{ext}")
+        to_lindi(h5, out, None, max_chunk_size, amend=True)
+        names.append(out)
+    for src in names:
+        base = os.path.join(outdir, "reference", os.path.basename(src))
+        dump_store(src, base + ".store.json")
+        dump_store(src, base + ".raw.json", raw=True)
+        read_arrays(src, base + ".arrays.npz")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = p.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("make-h5")
+    a.add_argument("out")
+    a.add_argument("--external-link", action="store_true")
+    a = sub.add_parser("to-lindi")
+    a.add_argument("h5")
+    a.add_argument("out")
+    a.add_argument("--url")
+    a.add_argument("--max-chunk-size", type=int, default=DEFAULT_MAX_CHUNK_SIZE)
+    a.add_argument("--amend", action="store_true")
+    a = sub.add_parser("dump-store")
+    a.add_argument("source")
+    a.add_argument("out")
+    a.add_argument("--raw", action="store_true")
+    a = sub.add_parser("read-arrays")
+    a.add_argument("source")
+    a.add_argument("out")
+    a = sub.add_parser("fixtures")
+    a.add_argument("outdir")
+    a.add_argument("--max-chunk-size", type=int, default=DEFAULT_MAX_CHUNK_SIZE)
+    args = p.parse_args(argv)
+    if args.cmd == "make-h5":
+        make_h5(args.out, args.external_link)
+    elif args.cmd == "to-lindi":
+        to_lindi(args.h5, args.out, args.url, args.max_chunk_size, args.amend)
+    elif args.cmd == "dump-store":
+        dump_store(args.source, args.out, args.raw)
+    elif args.cmd == "read-arrays":
+        read_arrays(args.source, args.out)
+    elif args.cmd == "fixtures":
+        fixtures(args.outdir, args.max_chunk_size)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
