@@ -295,7 +295,8 @@ class TarArchive:
 
     Attributes: ``path``; ``writable``; ``rfs`` (the parsed lindi.json of the last commit, or
     what the caller last committed); ``members`` (``{name: Member}``: the live index plus blobs
-    appended since the last commit); ``end`` (offset of the trailer, where the next member goes);
+    appended since the last commit; one dict for the archive's lifetime, updated in place, so a
+    reader sharing it sees appended blobs at once); ``end`` (offset of the trailer, where the next member goes);
     ``recovered`` (one line per thing a writable open fixed, or found when read-only).
     """
 
@@ -619,7 +620,9 @@ class TarArchive:
         _pwrite_all(fd, tarfmt.encode_entry(idx_live)[:BLOCK], BLOCK)
         if durable:
             os.fsync(fd)
-        self.members = files
+        # in place: the read path shares this dict (containers.container_from_archive)
+        self.members[LINDI_JSON_NAME] = lj_live
+        self.members[INDEX_NAME] = idx_live
         self._index = idx_live
         self._spares = spares
         self.rfs = rfs
