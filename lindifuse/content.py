@@ -155,6 +155,11 @@ class ContentService:
     async def size(self, node: Node) -> int:
         if node.size >= 0:
             return node.size
+        value = self._get_value(node.key)
+        if type(value) is list and len(value) == 3:
+            # Fast path for listings: the size is in the reference; no need to resolve it.
+            node.size = await self._padded(node, value[2])
+            return node.size
         return (await self.resolve(node)).size
 
     async def read(self, node: Node, offset: int, size: int) -> bytes:

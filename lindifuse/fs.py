@@ -51,6 +51,8 @@ class LindiOperations(pyfuse3.Operations):
         self.read_only = read_only
         self.timeout = 300.0 if read_only else 1.0
         self.mtime_ns = int(mtime * 1e9)
+        self._dir_mode = stat.S_IFDIR | (0o555 if read_only else 0o755)
+        self._file_mode = stat.S_IFREG | (0o444 if read_only else 0o644)
         self.uid = os.getuid()
         self.gid = os.getgid()
         self._stats = stats
@@ -65,9 +67,8 @@ class LindiOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT)
         return node
 
-    async def _attrs(self, node: Node) -> pyfuse3.EntryAttributes:
+    def _new_attrs(self) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
-        a.st_ino = node.inode
         a.generation = 0
         a.entry_timeout = self.timeout
         a.attr_timeout = self.timeout
@@ -75,12 +76,18 @@ class LindiOperations(pyfuse3.Operations):
         a.st_gid = self.gid
         a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = self.mtime_ns
         a.st_blksize = 128 * 1024
+        return a
+
+    async def _fill(self, a: pyfuse3.EntryAttributes, node: Node) -> pyfuse3.EntryAttributes:
+        """Set the per-node fields of ``a`` (the rest is the same for every node)."""
+        a.st_ino = node.inode
         if node.children is not None:
-            a.st_mode = stat.S_IFDIR | (0o555 if self.read_only else 0o755)
+            a.st_mode = self._dir_mode
             a.st_nlink = 2
             a.st_size = 0
+            a.st_blocks = 0
         else:
-            a.st_mode = stat.S_IFREG | (0o444 if self.read_only else 0o644)
+            a.st_mode = self._file_mode
             a.st_nlink = 1
             try:
                 a.st_size = await self._file_size(node)
@@ -90,6 +97,9 @@ class LindiOperations(pyfuse3.Operations):
                 a.st_size = 0
             a.st_blocks = (a.st_size + 511) // 512
         return a
+
+    async def _attrs(self, node: Node) -> pyfuse3.EntryAttributes:
+        return await self._fill(self._new_attrs(), node)
 
     async def _file_size(self, node: Node) -> int:
         return await self.content.size(node)
@@ -135,10 +145,11 @@ class LindiOperations(pyfuse3.Operations):
 
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
         entries = self._dir_handles.get(fh, [])
+        a = self._new_attrs()  # readdir_reply copies it: one object serves the whole listing
         for i in range(start_id, len(entries)):
             node = entries[i]
             if not pyfuse3.readdir_reply(
-                token, os.fsencode(node.name), await self._attrs(node), i + 1
+                token, os.fsencode(node.name), await self._fill(a, node), i + 1
             ):
                 break
 

@@ -13,7 +13,7 @@ import itertools
 import json
 import math
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,6 +103,41 @@ def _check_value(key: str, value: Any, templates: Mapping[str, str], where: str)
                 raise FormatError(f"{where}: key {key!r}: unknown template {{{{{name}}}}}")
 
 
+def _validate(
+    items: Iterable[tuple[str, Any]], templates: Mapping[str, str], where: str
+) -> tuple[dict[str, Any], list[str]]:
+    """Check every (key, value); return the canonical refs and the rejected keys.
+
+    The common cases (a canonical chunk key with a plain ``[url, offset, size]`` or an inline
+    value) are tested inline: this loop runs once per key of sets with millions of keys.
+    """
+    refs: dict[str, Any] = {}
+    rejected: list[str] = []
+    for key, value in items:
+        if not key or key[0] in "/." or "/." in key or "//" in key or key[-1] == "/" or "\0" in key:
+            norm = normalize_key(key)
+            if norm is None:
+                rejected.append(key)
+                continue
+            if norm != key:
+                rejected.append("")  # marks the set as changed; dropped by the caller
+            key = norm
+        tv = type(value)
+        if tv is list and len(value) == 3:
+            t, o, n = value
+            if (
+                not (
+                    type(t) is str and t and type(o) is int and type(n) is int and o >= 0 and n >= 0
+                )
+                or "{{" in t
+            ):
+                _check_value(key, value, templates, where)
+        elif tv is not str and tv is not dict:
+            _check_value(key, value, templates, where)
+        refs[key] = value
+    return refs, rejected
+
+
 def expand_templates(target: str, templates: Mapping[str, str]) -> str:
     """Replace ``{{name}}`` in a reference target by its template value."""
     if "{{" not in target:
@@ -179,16 +214,16 @@ class ReferenceSet:
             raise FormatError(f"{where}: 'templates' must map names to strings")
         refs: dict[str, Any] = {}
         rejected: list[str] = []
-        items: Iterator[tuple[str, Any]] = iter(raw.items())
         if "gen" in obj:
-            items = itertools.chain(expand_gen(obj["gen"], templates, where), items)
-        for key, value in items:
-            norm = normalize_key(key)
-            if norm is None:
-                rejected.append(key)
-                continue
-            _check_value(key, value, templates, where)
-            refs[norm] = value
+            items: Iterator[tuple[str, Any]] = itertools.chain(
+                expand_gen(obj["gen"], templates, where), raw.items()
+            )
+            refs, rejected = _validate(items, templates, where)
+        else:
+            refs, rejected = _validate(raw.items(), templates, where)
+            if not rejected:
+                refs = raw  # every key was canonical: keep the parsed dict, no copy
+        rejected = [k for k in rejected if k]
         extra = {k: v for k, v in obj.items() if k not in ("refs", "gen")}
         return cls(refs=refs, templates=templates, rejected=rejected, extra=extra)
 

@@ -55,20 +55,33 @@ class Tree:
         """Build from normalized keys. A key that is also a prefix of another key is a conflict:
         the directory wins (it holds more data) and the key is reported in ``conflicts``."""
         tree = cls()
+        dirs = tree._dirs
+        nodes = tree.nodes
+        ino = tree._next_inode
+        nfiles = 0
         for key in keys:
             parent_path, _, name = key.rpartition("/")
-            parent = tree._dirs.get(parent_path)
+            parent = dirs.get(parent_path)
             if parent is None:
+                tree._next_inode = ino
                 parent = tree._ensure_dir(parent_path)
+                ino = tree._next_inode
                 if parent is None:
                     tree.conflicts.append(key)
                     continue
-            if name in parent.children:  # type: ignore[operator]
-                existing = parent.children[name]  # type: ignore[index]
-                if existing.is_dir:
+            children = parent.children
+            if name in children:  # type: ignore[operator]
+                if children[name].is_dir:  # type: ignore[index]
                     tree.conflicts.append(key)
                 continue
-            tree._add(parent, name, key, is_dir=False)
+            # Inlined _add: this loop runs once per key of sets with millions of keys.
+            node = Node(ino, name, parent, key, False)
+            children[name] = node  # type: ignore[index]
+            nodes[ino] = node
+            ino += 1
+            nfiles += 1
+        tree._next_inode = ino
+        tree.nfiles += nfiles
         return tree
 
     def _alloc(self) -> int:
