@@ -108,6 +108,14 @@ class FileSystem:
                 "bytes": self.cache.nbytes,
                 "max_bytes": self.cache.max_bytes,
             },
+            "writer": None
+            if self.writer is None
+            else {
+                "commits": self.writer.commits,
+                "flushes": self.writer.flushes,
+                "staged_files": len(self.writer.staged),
+                "pending_refs": self.writer.refs_dirty,
+            },
         }
 
     async def background(self) -> None:
