@@ -248,7 +248,8 @@ class Writer:
         async with self.lock:
             if not self.refs_dirty:
                 return
-            doc = {**self.doc_extra, "refs": self.refs}
+            # A snapshot: the trio thread keeps editing self.refs while a worker thread dumps it.
+            doc = {**self.doc_extra, "refs": dict(self.refs)}
             self.refs_dirty = False
             try:
                 await trio.to_thread.run_sync(lambda: self.archive.commit(doc, durable=durable))
