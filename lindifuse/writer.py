@@ -149,8 +149,10 @@ class Writer:
         if st is None:
             return
         st.opens = max(0, st.opens - 1)
-        if st.opens == 0 and node.inode not in self.tree.nodes:
-            self._drop(node)  # unlinked while open: its content goes with the last close
+        if st.opens == 0 and (not st.dirty or node.inode not in self.tree.nodes):
+            # Opened for writing but unchanged (or committed by fsync), or unlinked while
+            # open: the committed reference (if any) is the content.
+            self._drop(node)
 
     def _drop(self, node: Node) -> None:
         st = self.staged.pop(node.inode, None)
