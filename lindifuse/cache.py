@@ -66,6 +66,29 @@ class MemoryCache:
         if old is not None:
             self.nbytes -= len(old)
 
+    # -- in-flight entries filled by someone else (read-ahead fetching several keys at once) --
+
+    def begin(self, key: Hashable) -> _InFlight | None:
+        """Claim ``key`` for a fetch done by the caller: None when it is cached or already in
+        flight; otherwise askers of ``key`` wait until ``finish`` or ``abort``."""
+        if key in self._lru or key in self._inflight:
+            return None
+        flight = self._inflight[key] = _InFlight()
+        return flight
+
+    def finish(self, key: Hashable, flight: _InFlight, data: bytes) -> None:
+        if self._inflight.get(key) is flight:
+            del self._inflight[key]
+        flight.value = data
+        self.put(key, data)
+        flight.done.set()
+
+    def abort(self, key: Hashable, flight: _InFlight) -> None:
+        """Give up a claimed key: waiters retry (and fetch it themselves)."""
+        if self._inflight.get(key) is flight:
+            del self._inflight[key]
+        flight.done.set()
+
     async def get(self, key: Hashable, fetch: Callable[[], Awaitable[bytes]]) -> bytes:
         while True:
             data = self.peek(key)

@@ -92,6 +92,28 @@ def _mount_parser(sub: Any) -> None:
         metavar="SIZE",
         help="bytes of remote chunks kept in memory (default 256M; K, M, G suffixes)",
     )
+    p.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="persistent chunk cache, shared by mounts (default $XDG_CACHE_HOME/lindifuse)",
+    )
+    p.add_argument(
+        "--cache-size",
+        type=_size,
+        metavar="SIZE",
+        help="bound of the persistent cache, least recently used chunks are evicted "
+        "(default min(10G, 10%% of the free space))",
+    )
+    p.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="no persistent cache: remote chunks are kept in memory only",
+    )
+    p.add_argument(
+        "--no-readahead",
+        action="store_true",
+        help="do not prefetch the next chunks of an array that is read sequentially",
+    )
     p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
 
 
@@ -219,6 +241,10 @@ def main(argv: list[str] | None = None) -> int:
                 pid_file=args.pid_file,
                 memory_cache=args.memory_cache,
                 ready_fd=args.ready_fd,
+                cache_dir=os.path.abspath(args.cache_dir) if args.cache_dir else None,
+                cache_size=args.cache_size,
+                no_cache=args.no_cache,
+                readahead=not args.no_readahead,
             )
             if args.foreground:
                 return run_foreground(opts)

@@ -117,14 +117,18 @@ def sniff(head: bytes, where: str) -> str:
 
 
 class Reader:
-    """Reads byte ranges of local paths or URLs during loading (before the cache exists)."""
+    """Reads byte ranges of local paths or URLs during loading; remote ranges go through
+    ``fetch`` (the daemon's fetcher: memory and disk cache) when given."""
 
-    def __init__(self, http: HttpClient, local: LocalFiles) -> None:
+    def __init__(self, http: HttpClient, local: LocalFiles, fetch: Any = None) -> None:
         self.http = http
         self.local = local
+        self.fetch = fetch
 
     async def read(self, where: str, offset: int, size: int) -> bytes:
         if is_url(where):
+            if self.fetch is not None:
+                return await self.fetch(where, offset, size)
             return await self.http.get_range(where, offset, size)
         return await self.local.read(where, offset, size)
 
@@ -157,9 +161,12 @@ async def _load_tar(
     return await _rset_from_bytes(raw, f"{where}:lindi.json"), members, len(raw)
 
 
-async def open_container(source: str, http: HttpClient, local: LocalFiles) -> Container:
-    """Load SOURCE; raise SourceError/FormatError with a one-line message on any problem."""
-    reader = Reader(http, local)
+async def open_container(
+    source: str, http: HttpClient, local: LocalFiles, fetch: Any = None
+) -> Container:
+    """Load SOURCE; raise SourceError/FormatError with a one-line message on any problem.
+    ``fetch(url, offset, size)``, when given, reads the remote index and lindi.json (cached)."""
+    reader = Reader(http, local, fetch)
     if is_url(source):
         try:
             head, total = await http.get_head(source, HEAD_BYTES)

@@ -19,6 +19,7 @@ from typing import Any
 from .cache import MemoryCache
 from .containers import Container, Location
 from .errors import RefError
+from .fetch import Fetcher, ReadAhead
 from .refs import Inline, decode_value, expand_templates, is_chunk_name, padded_chunk_size
 from .sources import HttpClient, LocalFiles
 from .tree import Node
@@ -66,11 +67,15 @@ class ContentService:
         local: LocalFiles,
         cache: MemoryCache,
         get_value: Callable[[str], Any] | None = None,
+        fetcher: Fetcher | None = None,
     ) -> None:
         self.container = container
         self.http = http
         self.local = local
         self.cache = cache
+        # Remote reads: memory cache -> disk cache -> merged range requests (lindifuse.fetch).
+        self.fetcher = fetcher if fetcher is not None else Fetcher(http, cache)
+        self.readahead: ReadAhead | None = None  # set by the daemon unless --no-readahead
         self._get_value = get_value or container.rset.refs.__getitem__
         self._sizes: dict[str, int] = {}  # sizes of whole-target references
 
@@ -185,10 +190,9 @@ class ContentService:
             if not loc.remote:
                 return await self.local.read(loc.where, r.offset + offset, size)
             if r.stored <= WHOLE_FETCH_MAX:
-                blob = await self.cache.get(
-                    (loc.where, r.offset, r.stored),
-                    lambda: self.http.get_range(loc.where, r.offset, r.stored),
-                )
+                if offset == 0 and self.readahead is not None:
+                    self.readahead.on_read(node, r)
+                blob = await self.fetcher.get(loc.where, r.offset, r.stored)
                 return blob[offset : offset + size]
             parts = []
             pos = offset
@@ -196,10 +200,7 @@ class ContentService:
                 bstart = pos - pos % BLOCK
                 blen = min(BLOCK, r.stored - bstart)
                 abs_start = r.offset + bstart
-                blob = await self.cache.get(
-                    (loc.where, abs_start, blen),
-                    lambda a=abs_start, n=blen: self.http.get_range(loc.where, a, n),
-                )
+                blob = await self.fetcher.get(loc.where, abs_start, blen)
                 take = min(offset + size, bstart + blen) - pos
                 parts.append(blob[pos - bstart : pos - bstart + take])
                 pos += take

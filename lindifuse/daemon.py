@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import time
 from dataclasses import asdict
 from typing import Any
@@ -14,6 +15,8 @@ from .archive import open_archive
 from .cache import MemoryCache
 from .containers import HEAD_BYTES, Container, container_from_archive, open_container
 from .content import ContentService
+from .disk_cache import AsyncDiskCache, DiskCache, default_cache_dir, default_cache_size
+from .fetch import Fetcher, ReadAhead
 from .fs import LindiOperations, WritableOperations
 from .sources import HttpClient, LocalFiles, is_url
 from .tree import Tree
@@ -34,11 +37,16 @@ class FileSystem:
         *,
         read_only: bool,
         archive: Any = None,
+        fetcher: Fetcher | None = None,
+        disk: AsyncDiskCache | None = None,
+        readahead: bool = True,
     ) -> None:
         self.container = container
         self.http = http
         self.local = local
         self.cache = cache
+        self.disk = disk
+        self.fetcher = fetcher if fetcher is not None else Fetcher(http, cache, disk)
         self.read_only = read_only
         t0 = time.monotonic()
         self.tree = Tree.from_keys(container.rset.refs.keys())
@@ -56,7 +64,9 @@ class FileSystem:
                 container.source,
                 key,
             )
-        self.content = ContentService(container, http, local, cache)
+        self.content = ContentService(container, http, local, cache, fetcher=self.fetcher)
+        if readahead:
+            self.content.readahead = ReadAhead(self.content, self.fetcher)
         self.archive = archive
         self.writer: Writer | None = None
         if archive is None:
@@ -108,6 +118,7 @@ class FileSystem:
                 "bytes": self.cache.nbytes,
                 "max_bytes": self.cache.max_bytes,
             },
+            **self._fetch_stats(),
             "writer": None
             if self.writer is None
             else {
@@ -118,16 +129,44 @@ class FileSystem:
             },
         }
 
+    def _fetch_stats(self) -> dict[str, Any]:
+        """Persistent cache, request merging, read-ahead and DANDI counters."""
+        d = self.disk
+        disk: dict[str, Any] = {"enabled": d is not None}
+        if d is not None:
+            disk.update(
+                asdict(d.stats),
+                directory=d.store.directory,
+                max_bytes=d.store.max_bytes,
+                broken=d.store.broken,
+            )
+        return {
+            "disk_cache": disk,
+            "fetch": {
+                **asdict(self.fetcher.stats),
+                "probes": self.http.stats.probes,
+                "readahead": self.content.readahead is not None,
+            },
+            "dandi": asdict(self.http.dandi.stats),
+        }
+
     async def background(self) -> None:
-        """Periodic work of the daemon (write flushes on writable mounts)."""
-        if self.writer is not None:
-            await self.writer.run_timer()
+        """Periodic work of the daemon (write flushes on writable mounts) and the host of
+        background fetches (read-ahead)."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.fetcher.run)
+            if self.disk is not None:
+                nursery.start_soon(trio.to_thread.run_sync, self.disk.store.remove_orphans)
+            if self.writer is not None:
+                await self.writer.run_timer()
 
     async def aclose(self) -> None:
         try:
             if self.writer is not None:
                 await self.writer.close()
         finally:
+            if self.disk is not None:
+                await self.disk.aclose()  # commits the queued chunks
             await self.http.aclose()
             self.local.close()
 
@@ -146,10 +185,29 @@ def _writable_kind(source: str) -> str | None:
     return "tar" if len(head) > 262 and head[257:262] == b"ustar" else None
 
 
+async def open_disk_cache(opts: Any) -> AsyncDiskCache | None:
+    """The persistent chunk cache the options ask for, or None (--no-cache, or it cannot be
+    opened: then the mount works without it and says so in the log)."""
+    if getattr(opts, "no_cache", False):
+        return None
+    directory = getattr(opts, "cache_dir", None) or default_cache_dir()
+    size = getattr(opts, "cache_size", None) or default_cache_size(directory)
+    try:
+        store = await trio.to_thread.run_sync(DiskCache, directory, size)
+    except (OSError, sqlite3.Error) as e:
+        log.warning("persistent cache %s unavailable (%s): running without it", directory, e)
+        return None
+    log.info("persistent cache %s, at most %d bytes", store.root, size)
+    return AsyncDiskCache(store)
+
+
 async def build_filesystem(opts: Any) -> FileSystem:
     http = HttpClient()
     local = LocalFiles()
     cache = MemoryCache(opts.memory_cache)
+    disk = await open_disk_cache(opts)
+    fetcher = Fetcher(http, cache, disk)
+    extra = {"fetcher": fetcher, "disk": disk, "readahead": getattr(opts, "readahead", True)}
     try:
         kind = None if opts.read_only else _writable_kind(opts.source)
         if kind is not None:
@@ -159,10 +217,14 @@ async def build_filesystem(opts: Any) -> FileSystem:
             for line in archive.recovered:
                 log.warning("%s: recovered: %s", opts.source, line)
             container = container_from_archive(archive, kind)
-            return FileSystem(container, http, local, cache, read_only=False, archive=archive)
-        container = await open_container(opts.source, http, local)
+            return FileSystem(
+                container, http, local, cache, read_only=False, archive=archive, **extra
+            )
+        container = await open_container(opts.source, http, local, fetch=fetcher.get)
     except BaseException:
+        if disk is not None:
+            await disk.aclose()
         await http.aclose()
         local.close()
         raise
-    return FileSystem(container, http, local, cache, read_only=True)
+    return FileSystem(container, http, local, cache, read_only=True, **extra)

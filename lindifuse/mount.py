@@ -39,6 +39,10 @@ class MountOptions:
     pid_file: str | None = None
     memory_cache: int = 256 * 2**20
     ready_fd: int | None = None
+    cache_dir: str | None = None  # persistent chunk cache (default $XDG_CACHE_HOME/lindifuse)
+    cache_size: int | None = None  # its bound (default min(10 GiB, 10% of free space))
+    no_cache: bool = False  # no persistent chunk cache
+    readahead: bool = True  # read-ahead of sibling chunks on sequential reads
 
 
 def setup_logging(log_file: str | None, level: str) -> None:

@@ -9,16 +9,19 @@ the right bytes (sliced), never the wrong ones.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import threading
 from dataclasses import dataclass, field
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 import trio
 
 from . import __version__
+from .dandi import DandiResolver
 from .errors import RefError
 
 log = logging.getLogger(__name__)
@@ -39,6 +42,7 @@ class HttpStats:
     retries: int = 0
     errors: int = 0
     full_body_fallbacks: int = 0
+    probes: int = 0  # validator probes (one per distinct URL and mount, at most)
     latencies: list[float] = field(default_factory=list)
 
     def record_latency(self, seconds: float) -> None:
@@ -47,8 +51,29 @@ class HttpStats:
             del self.latencies[:5000]
 
 
+def _validator_of(resp: httpx.Response) -> str | None:
+    """The object's version as the server names it: its ETag, else its Last-Modified."""
+    etag = resp.headers.get("etag")
+    if etag:
+        return "etag:" + etag.strip()
+    lm = resp.headers.get("last-modified")
+    if lm:
+        return "lm:" + lm.strip()
+    return None
+
+
+def _host_of(url: str) -> str:
+    return urlsplit(url).netloc.lower()
+
+
 class HttpClient:
-    """Pooled async HTTP client with retries; one per daemon."""
+    """Pooled async HTTP client with retries; one per daemon.
+
+    Also the one place that knows, per URL, the server's validator (ETag / Last-Modified, probed
+    once per URL and mount, or taken from any earlier response such as the tar's head request),
+    bounds concurrent requests per host, and resolves DANDI asset URLs to their pre-signed
+    targets (see :mod:`lindifuse.dandi`). Callers always pass the stable (logical) URL.
+    """
 
     def __init__(
         self,
@@ -57,10 +82,19 @@ class HttpClient:
         retries: int = 4,
         backoff: float = 0.25,
         max_connections: int = 32,
+        per_host: int = 16,
+        dandi: DandiResolver | None = None,
     ) -> None:
         self.retries = retries
         self.backoff = backoff
         self.stats = HttpStats()
+        self.per_host = per_host
+        self.dandi = dandi if dandi is not None else DandiResolver.from_env()
+        self.validators: dict[str, str | None] = {}  # logical URL -> validator (None: none)
+        self.sizes: dict[str, int] = {}  # logical URL -> total size, when a response said
+        self._probes: dict[str, trio.Event] = {}
+        self._resolving: dict[str, trio.Event] = {}
+        self._host_limits: dict[str, trio.Semaphore] = {}
         self._client = httpx.AsyncClient(
             follow_redirects=True,
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
@@ -73,8 +107,60 @@ class HttpClient:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def _request(
-        self, url: str, headers: dict[str, str], method: str = "GET"
+    # -- DANDI asset URLs --------------------------------------------------------------------
+
+    async def _physical(self, url: str) -> str:
+        """The URL to send a request for ``url`` to (the resolved target of a DANDI asset)."""
+        if not self.dandi.is_api(url):
+            return url
+        while True:
+            final = self.dandi.cached(url)
+            if final is not None:
+                return final
+            ev = self._resolving.get(url)
+            if ev is None:
+                break
+            await ev.wait()
+        ev = self._resolving[url] = trio.Event()
+        try:
+            final = await self._resolve(url)
+            self.dandi.remember(url, final)
+            return final
+        finally:
+            del self._resolving[url]
+            ev.set()
+
+    async def _resolve(self, url: str) -> str:
+        """Follow the API's redirects by hand (at most 5), sending the API key only to API
+        hosts; the first URL off the API hosts (or one that answers with content) is final."""
+        cur = url
+        for _ in range(5):
+            self.dandi.stats.resolutions += 1
+            resp = await self._send(
+                cur, {"Range": "bytes=0-0", **self.dandi.auth_headers(cur)}, redirects=False
+            )
+            if resp.is_redirect and "location" in resp.headers:
+                cur = urljoin(cur, resp.headers["location"])
+                if not self.dandi.is_api(cur):
+                    return cur
+                continue
+            if resp.status_code < 300:
+                return cur
+            self.stats.errors += 1
+            raise RefError(f"{url}: cannot resolve: HTTP {resp.status_code}")
+        raise RefError(f"{url}: cannot resolve: too many redirects")
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def _limit(self, url: str) -> trio.Semaphore:
+        host = _host_of(url)
+        sem = self._host_limits.get(host)
+        if sem is None:
+            sem = self._host_limits[host] = trio.Semaphore(self.per_host)
+        return sem
+
+    async def _send(
+        self, url: str, headers: dict[str, str], method: str = "GET", *, redirects: bool = True
     ) -> httpx.Response:
         """One request with retries on connection errors, timeouts and 5xx/429."""
         attempt = 0
@@ -82,7 +168,10 @@ class HttpClient:
             t0 = trio.current_time()
             self.stats.requests += 1
             try:
-                resp = await self._client.request(method, url, headers=headers)
+                async with self._limit(url):
+                    resp = await self._client.request(
+                        method, url, headers=headers, follow_redirects=redirects
+                    )
             except httpx.TransportError as e:
                 cause = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
                 if attempt >= self.retries:
@@ -101,10 +190,65 @@ class HttpClient:
             log.warning("%s: %s, retry %d/%d", url, cause, attempt, self.retries)
             await trio.sleep(self.backoff * (2 ** (attempt - 1)))
 
+    async def _request(
+        self, url: str, headers: dict[str, str], method: str = "GET"
+    ) -> httpx.Response:
+        """A request for logical ``url``: resolved (DANDI), retried, and re-resolved once when
+        a resolved URL answers 403 (its signature expired or was revoked)."""
+        target = await self._physical(url)
+        resp = await self._send(target, {**headers, **self.dandi.auth_headers(target)}, method)
+        if resp.status_code == 403 and target != url:
+            self.dandi.stats.forbidden += 1
+            self.dandi.forget(url)
+            target = await self._physical(url)
+            resp = await self._send(target, {**headers, **self.dandi.auth_headers(target)}, method)
+        if resp.status_code in (200, 206):
+            self._note(url, resp)
+        return resp
+
+    def _note(self, url: str, resp: httpx.Response) -> None:
+        """Remember the first validator and the size a response reveals for ``url``."""
+        if url not in self.validators:
+            self.validators[url] = _validator_of(resp)
+        if url not in self.sizes:
+            if resp.status_code == 206:
+                m = _CONTENT_RANGE_RE.fullmatch(resp.headers.get("content-range", "").strip())
+                if m and m.group(3) != "*":
+                    self.sizes[url] = int(m.group(3))
+            elif "content-length" in resp.headers:
+                with contextlib.suppress(ValueError):
+                    self.sizes[url] = int(resp.headers["content-length"])
+
+    async def validator(self, url: str) -> str | None:
+        """The validator of ``url`` for this mount: known from an earlier response, else probed
+        once (a 1-byte range request). None when the server sends neither ETag nor
+        Last-Modified, or the probe failed: such objects are not cached on disk."""
+        while url not in self.validators:
+            ev = self._probes.get(url)
+            if ev is not None:
+                await ev.wait()
+                continue
+            ev = self._probes[url] = trio.Event()
+            self.stats.probes += 1
+            try:
+                await self.get_head(url, 1)
+            except RefError as e:
+                log.warning("%s: cannot probe its version (%s): not cached on disk", url, e)
+                self.validators.setdefault(url, None)
+            finally:
+                del self._probes[url]
+                ev.set()
+        return self.validators[url]
+
     async def get_range(self, url: str, offset: int, size: int) -> bytes:
         """Exactly ``size`` bytes at ``offset`` of ``url``."""
+        return (await self.get_range_ex(url, offset, size))[0]
+
+    async def get_range_ex(self, url: str, offset: int, size: int) -> tuple[bytes, str | None]:
+        """Exactly ``size`` bytes at ``offset`` of ``url``, and the validator of the response
+        that carried them (store them on disk under that one, never under an older one)."""
         if size == 0:
-            return b""
+            return b"", self.validators.get(url)
         end = offset + size - 1
         resp = await self._request(url, {"Range": f"bytes={offset}-{end}"})
         body = resp.content
@@ -123,7 +267,7 @@ class HttpClient:
                     f"{url}: range {offset}-{end} runs past the end of the object (size {total})"
                 )
             self.stats.bytes += len(body)
-            return body
+            return body, _validator_of(resp)
         if resp.status_code == 200:
             # The server ignored Range: the body is the whole object; slice it.
             self.stats.full_body_fallbacks += 1
@@ -133,7 +277,7 @@ class HttpClient:
                     f"{url}: range {offset}-{end} runs past the end of the object "
                     f"(size {len(body)})"
                 )
-            return body[offset : offset + size]
+            return body[offset : offset + size], _validator_of(resp)
         self.stats.errors += 1
         if resp.status_code == 416:
             raise RefError(f"{url}: range {offset}-{end} not satisfiable (HTTP 416)")
@@ -167,6 +311,8 @@ class HttpClient:
 
     async def content_length(self, url: str) -> int:
         """Total size of the object: one request (a 1-byte range, which also works without HEAD)."""
+        if url in self.sizes:
+            return self.sizes[url]
         _, total = await self.get_head(url, 1)
         if total is None:
             raise RefError(f"{url}: server did not report the object size")

@@ -1,0 +1,423 @@
+"""Remote fetch scheduling: memory cache -> disk cache -> merged, bounded range requests.
+
+:class:`Fetcher` answers ``get(url, offset, size)`` for remote byte ranges:
+
+1. the memory cache (single-flight: concurrent askers share one fetch);
+2. the persistent disk cache, keyed by (url, the server's validator for it, offset, size);
+3. the network, through a per-URL *batch*: the first miss opens a batch and waits a short
+   window (``merge_window``, default 1 ms) for other misses of the same URL; the batch is then
+   planned (:func:`plan_merges`: neighbouring ranges with gaps of at most ``merge_gap`` bytes
+   join one span of at most ``merge_max`` bytes) and each span costs one range request, whose
+   body is split back into the ranges asked for (each also stored on disk).
+
+:class:`ReadAhead` watches which chunk files of a directory are read: when chunk *k* is read
+and the reads look sequential (chunk 0, or a near predecessor was read recently, or *k* lies in
+the window already prefetched), the next sibling chunk files in chunk-index order whose
+references point into the same URL are fetched in the background as one merged request, split
+into memory (and disk) cache entries. Chunks already on disk are loaded into memory with one
+worker-thread call for the whole window. Read-ahead is bounded (bytes per window, windows in
+flight) and cancelled at unmount.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from .cache import MemoryCache
+from .disk_cache import AsyncDiskCache, make_key
+from .errors import RefError
+from .refs import is_chunk_name
+from .sources import HttpClient
+
+if TYPE_CHECKING:
+    from .content import ContentService, Resolved
+    from .tree import Node
+
+log = logging.getLogger(__name__)
+
+MERGE_GAP = 256 * 2**10
+MERGE_MAX = 16 * 2**20
+MERGE_WINDOW = 0.001
+READAHEAD_BYTES = 16 * 2**20
+READAHEAD_MAX_CHUNKS = 1024
+READAHEAD_ACTIVE = 4  # read-ahead windows in flight at once (all directories)
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """One request: bytes ``start .. end`` covering the ``ranges`` (offset, size) it serves."""
+
+    start: int
+    end: int
+    ranges: tuple[tuple[int, int], ...]
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+
+def plan_merges(
+    ranges: Iterable[tuple[int, int]], max_gap: int = MERGE_GAP, max_size: int = MERGE_MAX
+) -> list[Span]:
+    """Group (offset, size) ranges of one URL into request spans.
+
+    Ranges are sorted and deduplicated; a range joins the current span when the gap from the
+    span's end is at most ``max_gap`` (overlaps count as gap 0) and the grown span stays within
+    ``max_size``. A range larger than ``max_size`` is a span of its own (never split).
+    """
+    spans: list[Span] = []
+    cur: list[tuple[int, int]] = []
+    start = end = 0
+    for off, size in sorted(set(ranges)):
+        r_end = off + size
+        if cur and off - end <= max_gap and max(end, r_end) - start <= max_size:
+            cur.append((off, size))
+            end = max(end, r_end)
+            continue
+        if cur:
+            spans.append(Span(start, end, tuple(cur)))
+        cur, start, end = [(off, size)], off, r_end
+    if cur:
+        spans.append(Span(start, end, tuple(cur)))
+    return spans
+
+
+@dataclass
+class FetchStats:
+    requests: int = 0  # range requests made for data (not counting probes, retries)
+    ranges: int = 0  # ranges those requests served
+    merged_requests: int = 0  # requests that served more than one range
+    merged_ranges: int = 0  # ranges served by merged requests
+    gap_bytes: int = 0  # bytes fetched only to join neighbouring ranges
+    readahead_windows: int = 0  # read-ahead windows started
+    readahead_requests: int = 0  # range requests made by read-ahead
+    readahead_chunks: int = 0  # chunks fetched over the network by read-ahead
+    readahead_disk_chunks: int = 0  # chunks read-ahead loaded from the disk cache
+    readahead_bytes: int = 0
+    readahead_cancelled: int = 0
+    readahead_errors: int = 0
+
+
+class _Waiter:
+    __slots__ = ("offset", "size", "done", "value", "error")
+
+    def __init__(self, offset: int, size: int) -> None:
+        self.offset = offset
+        self.size = size
+        self.done = trio.Event()
+        self.value: bytes | None = None
+        self.error: BaseException | None = None
+
+
+class _Batch:
+    __slots__ = ("waiters",)
+
+    def __init__(self) -> None:
+        self.waiters: list[_Waiter] = []
+
+
+class Fetcher:
+    """Memory cache, disk cache and merged range requests for remote byte ranges."""
+
+    def __init__(
+        self,
+        http: HttpClient,
+        memory: MemoryCache,
+        disk: AsyncDiskCache | None = None,
+        *,
+        merge_gap: int = MERGE_GAP,
+        merge_max: int = MERGE_MAX,
+        merge_window: float = MERGE_WINDOW,
+        readahead_active: int = READAHEAD_ACTIVE,
+    ) -> None:
+        self.http = http
+        self.memory = memory
+        self.disk = disk
+        self.merge_gap = merge_gap
+        self.merge_max = merge_max
+        self.merge_window = merge_window
+        self.stats = FetchStats()
+        self._batches: dict[str, _Batch] = {}
+        self._nursery: trio.Nursery | None = None
+        self._ra_active = 0
+        self.readahead_active = readahead_active
+
+    # -- background tasks ------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Host background fetches (read-ahead) until cancelled (at unmount)."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await trio.sleep_forever()
+        finally:
+            self._nursery = None
+
+    def can_start(self) -> bool:
+        return self._nursery is not None and self._ra_active < self.readahead_active
+
+    def start_soon(self, fn: Any, *args: Any) -> bool:
+        if not self.can_start():
+            return False
+        assert self._nursery is not None
+        self._ra_active += 1
+
+        async def wrapped() -> None:
+            try:
+                await fn(*args)
+            except Exception:
+                self.stats.readahead_errors += 1
+                log.exception("read-ahead failed")
+            finally:
+                self._ra_active -= 1
+
+        self._nursery.start_soon(wrapped)
+        return True
+
+    # -- reads ---------------------------------------------------------------------------
+
+    async def get(self, url: str, offset: int, size: int) -> bytes:
+        """``size`` bytes at ``offset`` of ``url``: memory, then disk, then the network."""
+        return await self.memory.get((url, offset, size), lambda: self._load(url, offset, size))
+
+    async def _disk_validator(self, url: str) -> str | None:
+        if self.disk is None or self.disk.store.broken:
+            return None
+        return await self.http.validator(url)
+
+    async def _load(self, url: str, offset: int, size: int) -> bytes:
+        validator = await self._disk_validator(url)
+        if validator is not None:
+            assert self.disk is not None
+            data = await self.disk.get(make_key(url, validator, offset, size))
+            if data is not None:
+                return data
+        return await self._batched(url, offset, size)
+
+    async def _batched(self, url: str, offset: int, size: int) -> bytes:
+        while True:
+            batch = self._batches.get(url)
+            leader = batch is None
+            if batch is None:
+                batch = self._batches[url] = _Batch()
+            w = _Waiter(offset, size)
+            batch.waiters.append(w)
+            if leader:
+                try:
+                    try:
+                        await trio.sleep(self.merge_window)
+                    finally:
+                        if self._batches.get(url) is batch:
+                            del self._batches[url]
+                    await self._run_batch(url, batch.waiters)
+                finally:
+                    for other in batch.waiters:
+                        if not other.done.is_set():
+                            other.done.set()  # neither value nor error: the waiter retries
+            await w.done.wait()
+            if w.value is not None:
+                return w.value
+            if w.error is not None:
+                raise w.error
+            # The leader was cancelled before serving us: try again (maybe as the leader).
+
+    async def _run_batch(self, url: str, waiters: list[_Waiter]) -> None:
+        spans = plan_merges(((w.offset, w.size) for w in waiters), self.merge_gap, self.merge_max)
+        by_range: dict[tuple[int, int], list[_Waiter]] = {}
+        for w in waiters:
+            by_range.setdefault((w.offset, w.size), []).append(w)
+
+        def deliver(rng: tuple[int, int], data: bytes | None, err: BaseException | None) -> None:
+            for w in by_range.get(rng, ()):
+                w.value, w.error = data, err
+                w.done.set()
+
+        await self._fetch_spans(url, spans, deliver)
+
+    async def _fetch_spans(self, url: str, spans: list[Span], deliver: Any) -> None:
+        """One request per span (concurrently); ``deliver(range, data, error)`` per range."""
+
+        async def one(span: Span) -> None:
+            try:
+                body, validator = await self.http.get_range_ex(url, span.start, span.size)
+            except RefError as e:
+                for rng in span.ranges:
+                    deliver(rng, None, e)
+                return
+            self._count(span)
+            pieces = []
+            mv = memoryview(body)
+            for off, size in span.ranges:
+                piece = body if len(span.ranges) == 1 else bytes(mv[off - span.start :][:size])
+                deliver((off, size), piece, None)
+                pieces.append((off, size, piece))
+            if self.disk is not None and validator is not None:
+                for off, size, piece in pieces:
+                    await self.disk.put(make_key(url, validator, off, size), url, piece)
+
+        if len(spans) == 1:
+            await one(spans[0])
+            return
+        async with trio.open_nursery() as nursery:
+            for span in spans:
+                nursery.start_soon(one, span)
+
+    def _count(self, span: Span) -> None:
+        s = self.stats
+        s.requests += 1
+        s.ranges += len(span.ranges)
+        if len(span.ranges) > 1:
+            s.merged_requests += 1
+            s.merged_ranges += len(span.ranges)
+            covered = 0
+            pos = span.start
+            for off, size in span.ranges:
+                end = off + size
+                if end > pos:
+                    covered += end - max(off, pos)
+                    pos = end
+            s.gap_bytes += span.size - covered
+
+    async def prefetch(self, url: str, ranges: list[tuple[int, int]]) -> None:
+        """Bring ``ranges`` of ``url`` into the memory cache: those on disk with one thread call,
+        the rest as merged requests. Askers of a range meanwhile wait for this fetch."""
+        flights = {}
+        for rng in ranges:
+            key = (url, *rng)
+            f = self.memory.begin(key)
+            if f is not None:
+                flights[rng] = f
+        if not flights:
+            return
+        s = self.stats
+        try:
+            validator = await self._disk_validator(url)
+            if validator is not None:
+                assert self.disk is not None
+                keys = {make_key(url, validator, *rng): rng for rng in flights}
+                found = await self.disk.get_many(list(keys))
+                for k, data in found.items():
+                    rng = keys[k]
+                    self.memory.finish((url, *rng), flights.pop(rng), data)
+                    s.readahead_disk_chunks += 1
+            if not flights:
+                return
+            spans = plan_merges(flights, self.merge_gap, self.merge_max)
+            s.readahead_requests += len(spans)
+
+            def deliver(rng: tuple[int, int], data: bytes | None, err: BaseException | None):
+                f = flights.pop(rng, None)
+                if f is None:
+                    return
+                if data is not None:
+                    s.readahead_chunks += 1
+                    s.readahead_bytes += len(data)
+                    self.memory.finish((url, *rng), f, data)
+                else:
+                    self.memory.abort((url, *rng), f)
+
+            await self._fetch_spans(url, spans, deliver)
+        except trio.Cancelled:
+            s.readahead_cancelled += 1
+            raise
+        finally:
+            for rng, f in flights.items():
+                self.memory.abort((url, *rng), f)
+
+
+def _chunk_sort_key(name: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in name.split("."))
+
+
+@dataclass
+class _DirState:
+    order: list[Node]
+    index: dict[str, int]
+    recent: deque[int] = field(default_factory=lambda: deque(maxlen=32))
+    ahead: int = -1  # highest ordinal read-ahead has been started for
+
+
+class ReadAhead:
+    """Sequential-read detection per directory of chunk files, and read-ahead windows."""
+
+    def __init__(
+        self,
+        content: ContentService,
+        fetcher: Fetcher,
+        *,
+        max_bytes: int = READAHEAD_BYTES,
+        max_chunks: int = READAHEAD_MAX_CHUNKS,
+        whole_fetch_max: int = 32 * 2**20,
+    ) -> None:
+        self.content = content
+        self.fetcher = fetcher
+        self.max_bytes = min(max_bytes, max(1, fetcher.memory.max_bytes // 4))
+        self.max_chunks = max_chunks
+        self.whole_fetch_max = whole_fetch_max
+        self._dirs: dict[int, _DirState] = {}
+
+    def _state(self, parent: Node) -> _DirState:
+        st = self._dirs.get(parent.inode)
+        if st is None:
+            kids = [n for n in (parent.children or {}).values() if n.children is None]
+            order = sorted(
+                (n for n in kids if is_chunk_name(n.name)), key=lambda n: _chunk_sort_key(n.name)
+            )
+            st = _DirState(order, {n.name: i for i, n in enumerate(order)})
+            self._dirs[parent.inode] = st
+        return st
+
+    def forget(self, parent: Node) -> None:
+        """Drop a directory's state (its listing changed)."""
+        self._dirs.pop(parent.inode, None)
+
+    def on_read(self, node: Node, r: Resolved) -> None:
+        """Called (synchronously, cheaply) when a remote chunk file's first bytes are read."""
+        parent = node.parent
+        if parent is None or not is_chunk_name(node.name) or r.loc is None:
+            return
+        st = self._state(parent)
+        i = st.index.get(node.name)
+        if i is None:
+            return
+        recent = st.recent
+        sequential = i == 0 or i <= st.ahead or any((i - d) in recent for d in range(1, 9))
+        recent.append(i)
+        if not sequential:
+            return
+        n = max(1, min(self.max_chunks, self.max_bytes // max(1, r.stored)))
+        if st.ahead - i >= max(1, n // 2):
+            return  # enough already in flight ahead of the reader
+        start = max(st.ahead + 1, i + 1)
+        end = min(len(st.order), i + 1 + n)
+        if start >= end or not self.fetcher.can_start():
+            return
+        st.ahead = end - 1
+        self.fetcher.stats.readahead_windows += 1
+        self.fetcher.start_soon(self._window, r.loc.where, st.order[start:end])
+
+    async def _window(self, url: str, nodes: list[Node]) -> None:
+        ranges = []
+        total = 0
+        for n in nodes:
+            try:
+                r = await self.content.resolve(n)
+            except RefError:
+                continue
+            loc = r.loc
+            if loc is None or not loc.remote or loc.where != url or r.stored == 0:
+                continue
+            if r.stored > self.whole_fetch_max:
+                break
+            ranges.append((r.offset, r.stored))
+            total += r.stored
+            if total >= self.max_bytes:
+                break
+        if ranges:
+            await self.fetcher.prefetch(url, ranges)
