@@ -192,6 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("src", metavar="IN")
     p.add_argument("dst", metavar="OUT")
+
+    from .cachecmd import add_parsers as _cache_parsers
+
+    _cache_parsers(sub)
     return parser
 
 
@@ -280,6 +284,14 @@ def main(argv: list[str] | None = None) -> int:
             for line in compact(args.src, args.dst):
                 print(line)
             return 0
+        if args.command == "stats":
+            from .cachecmd import cmd_stats
+
+            return cmd_stats(args)
+        if args.command == "cache":
+            from .cachecmd import cmd_cache
+
+            return cmd_cache(args)
     except LindiError as e:
         print(f"lindifuse: {e}", file=sys.stderr)
         return 1
