@@ -56,6 +56,7 @@ class LoggedRequest:
     status: int | None = None  # set just before the status line goes out; 0 for "reset"
     query: str = ""
     time: float = 0.0
+    authorization: str | None = None  # the Authorization header as sent, or None
 
 
 def parse_range(header: str | None, size: int):
@@ -134,7 +135,15 @@ class _Handler(BaseHTTPRequestHandler):
         parsed = urllib.parse.urlsplit(self.path)
         rel = urllib.parse.unquote(parsed.path).lstrip("/")
         rng = self.headers.get("Range")
-        self._entry = LoggedRequest(self.command, rel, rng, None, parsed.query, time.time())
+        self._entry = LoggedRequest(
+            self.command,
+            rel,
+            rng,
+            None,
+            parsed.query,
+            time.time(),
+            self.headers.get("Authorization"),
+        )
         owner._record(self._entry)
         if owner.latency > 0:
             time.sleep(owner.latency)
