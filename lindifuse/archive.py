@@ -1053,9 +1053,10 @@ def check(path: str) -> list[str]:
                     f"header at {m.o} says {w.member.name!r} (d={w.member.d}, s={w.member.s}) "
                     f"but the index says {m.name!r} (d={m.d}, s={m.s})"
                 )
+        indexed_offsets = {m.o for m in members.values()}
         for w in walked:
             n = w.member.name
-            if members.get(n) == w.member:
+            if w.member.o in indexed_offsets:  # reported above when it disagrees
                 continue
             if n.startswith(".trash/") or n in spare_names:
                 continue
