@@ -702,7 +702,7 @@ class DirArchive:
     def open(cls, path: str, *, writable: bool = False) -> DirArchive:
         """Open and validate the directory; with ``writable``, lock it and clear temp files."""
         self = object.__new__(cls)
-        self.path = path
+        self.path = os.path.normpath(path)
         self.writable = writable
         self.recovered = []
         self._pending: list[str] = []
@@ -793,10 +793,15 @@ class DirArchive:
                 while len(d) > len(self.path):  # new folders must be durable in their parents
                     dirs.add(d)
                     d = os.path.dirname(d)
+            if dirs:
+                dirs.add(self.path)  # before lindi.json names anything in them
             for d in sorted(dirs, key=len, reverse=True):
                 _fsync_dir(d)
         _atomic_write(
-            os.path.join(self.path, LINDI_JSON_NAME), tarfmt.dump_lindi_json(rfs), durable
+            os.path.join(self.path, LINDI_JSON_NAME),
+            tarfmt.dump_lindi_json(rfs),
+            durable,
+            tmp_dir=os.path.join(self.path, TMP_DIR),
         )
         self._pending.clear()
         self.rfs = rfs
@@ -813,9 +818,17 @@ class DirArchive:
         self.close()
 
 
-def _atomic_write(path: str, data: bytes, durable: bool = True) -> None:
-    """Replace ``path`` with ``data``: temporary file, fsync, rename, fsync of the folder."""
-    tmp = f"{path}.{_random_suffix()}.tmp"
+def _atomic_write(path: str, data: bytes, durable: bool = True, tmp_dir: str | None = None) -> None:
+    """Replace ``path`` with ``data``: temporary file, fsync, rename, fsync of the folder.
+
+    The temporary file is made in ``tmp_dir`` (same file system) when given, else next to
+    ``path``.
+    """
+    if tmp_dir is not None:
+        os.makedirs(tmp_dir, exist_ok=True)
+        tmp = os.path.join(tmp_dir, f"{os.path.basename(path)}.{_random_suffix()}")
+    else:
+        tmp = f"{path}.{_random_suffix()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         _pwrite_all(fd, data, 0)

@@ -578,7 +578,7 @@ def content(key, size):
     seed = hashlib.sha256(key.encode()).digest()
     return (seed * (size // len(seed) + 1))[:size]
 
-a = archive.TarArchive.open(path, writable=True)
+a = archive.open_archive(path, writable=True)
 calls = 0
 
 def wrap(f):
@@ -681,6 +681,41 @@ def test_sigkill_at_every_write(tmp_path, lindi, scenario):
     # and lindi can extend one of them
     lindi("write", crashed[-1], "after", 0, 300)
     assert archive.check(str(crashed[-1])) == []
+
+
+def test_sigkill_dir_archive(tmp_path):
+    base = tmp_path / "base.lindi.d"
+    archive.create(str(base))
+    with DirArchive.open(str(base), writable=True) as a:
+        add_blobs(a, {"old/0": 1500})
+        a.commit(a.rfs)
+        old = our_view(a)
+    spec = {"blobs": {"n/0": 2000, "n/1": 3000}, "inline": {"n/.zattrs": {"a": 1}}}
+    new = _expected_new(old, spec)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    outcomes = []
+    for n in itertools.count(1):
+        p = tmp_path / f"crash{n}.lindi.d"
+        shutil.copytree(base, p)
+        res = subprocess.run(
+            [sys.executable, "-c", CHILD, str(p), str(n), json.dumps(spec)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        with DirArchive.open(str(p)) as r:
+            seen = our_view(r)
+        assert seen in (old, new)
+        outcomes.append("new" if seen == new else "old")
+        archive.repair(str(p))
+        assert archive.check(str(p)) == []
+        if res.returncode == 0:
+            break
+        assert res.returncode == -signal.SIGKILL, res.stderr
+        assert n < 100
+    assert outcomes[-1] == "new" and outcomes[0] == "old"
+    assert outcomes == sorted(outcomes, key=lambda x: x == "new")
 
 
 class _Recorder:
