@@ -11,7 +11,7 @@
    body is split back into the ranges asked for (each also stored on disk).
 
 :class:`ReadAhead` watches which chunk files of a directory are read: when chunk *k* is read
-and the reads look sequential (chunk 0, or a near predecessor was read recently, or *k* lies in
+and the reads look sequential (chunk 0, or one of the 3 predecessors was read recently, or *k* lies in
 the window already prefetched), the next sibling chunk files in chunk-index order whose
 references point into the same URL are fetched in the background as one merged request, split
 into memory (and disk) cache entries. Chunks already on disk are loaded into memory with one
@@ -387,7 +387,7 @@ class ReadAhead:
         if i is None:
             return
         recent = st.recent
-        sequential = i == 0 or i <= st.ahead or any((i - d) in recent for d in range(1, 9))
+        sequential = i == 0 or i <= st.ahead or any((i - d) in recent for d in range(1, 4))
         recent.append(i)
         if not sequential:
             return
