@@ -16,10 +16,13 @@ from .cache import MemoryCache
 from .containers import HEAD_BYTES, Container, container_from_archive, open_container
 from .content import ContentService
 from .disk_cache import AsyncDiskCache, DiskCache, default_cache_dir, default_cache_size
+from .errors import RefError
 from .fetch import Fetcher, ReadAhead
 from .fs import LindiOperations, WritableOperations
+from .h5link import chunk_refs, find_link
+from .refs import expand_templates
 from .sources import HttpClient, LocalFiles, is_url
-from .tree import Tree
+from .tree import Node, Tree
 from .writer import Writer
 
 log = logging.getLogger(__name__)
@@ -64,7 +67,14 @@ class FileSystem:
                 container.source,
                 key,
             )
-        self.content = ContentService(container, http, local, cache, fetcher=self.fetcher)
+        # Chunk refs of arrays stored as _EXTERNAL_ARRAY_LINK, found on first use of their
+        # directory; kept apart from the reference set so a writable mount never commits them.
+        self.ext_refs: dict[str, Any] = {}
+        self.ext_links = self._find_external_links()
+        self._ext_loading: dict[int, trio.Event] = {}
+        self.content = ContentService(
+            container, http, local, cache, fetcher=self.fetcher, get_value=self._value
+        )
         if readahead:
             self.content.readahead = ReadAhead(self.content, self.fetcher)
         self.archive = archive
@@ -91,6 +101,65 @@ class FileSystem:
                 statvfs_path=folder,
                 stats=self.stats,
             )
+        self.ops.prepare_dir = self.prepare_dir if self.ext_links else None
+
+    def _value(self, key: str) -> Any:
+        try:
+            return self.container.rset.refs[key]
+        except KeyError:
+            return self.ext_refs[key]
+
+    def _find_external_links(self) -> dict[int, dict[str, str]]:
+        links: dict[int, dict[str, str]] = {}
+        for key, value in self.container.rset.refs.items():
+            if key.endswith(".zattrs") and (key == ".zattrs" or key.endswith("/.zattrs")):
+                link = find_link(value)
+                node = self.tree.by_key(key.rpartition("/")[0]) if link else None
+                if link and node is not None:
+                    links[node.inode] = link
+        if links:
+            log.info("%d arrays are external HDF5 dataset links", len(links))
+        return links
+
+    async def prepare_dir(self, node: Node) -> None:
+        """Before a directory is used: list the chunks of an external array link (once)."""
+        link = self.ext_links.get(node.inode)
+        if link is None:
+            return
+        ev = self._ext_loading.get(node.inode)
+        if ev is not None:
+            await ev.wait()
+            if node.inode in self.ext_links:
+                raise RefError(f"{node.key}: external array link could not be resolved")
+            return
+        ev = self._ext_loading[node.inode] = trio.Event()
+        try:
+            target = expand_templates(link["url"], self.container.rset.templates)
+            loc = self.container.resolve(target)
+            t0 = time.monotonic()
+            try:
+                found = await trio.to_thread.run_sync(
+                    chunk_refs, loc.where, loc.remote, target, link["name"]
+                )
+            except Exception as e:  # h5py/remfile raise many kinds
+                raise RefError(
+                    f"{node.key}: external array link to {link['name']} in {target}: {e}"
+                ) from None
+            for name, value in found.items():
+                if self.tree.lookup(node, name) is None:
+                    self.ext_refs[f"{node.key}/{name}" if node.key else name] = value
+                    self.tree.add_file(node, name)
+            del self.ext_links[node.inode]
+            log.info(
+                "%s: %d chunks from external HDF5 dataset %s in %.2fs",
+                node.key,
+                len(found),
+                link["name"],
+                time.monotonic() - t0,
+            )
+        finally:
+            del self._ext_loading[node.inode]
+            ev.set()
 
     def describe(self) -> str:
         return f"{self.container.kind}, {self.tree.nfiles} keys, {'ro' if self.read_only else 'rw'}"

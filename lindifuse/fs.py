@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pyfuse3
@@ -57,6 +57,8 @@ class LindiOperations(pyfuse3.Operations):
         self.gid = os.getgid()
         self._stats = stats
         self._dir_handles: dict[int, list[Node]] = {}
+        # Called before a directory is looked into (lists external-link chunks on first use).
+        self.prepare_dir: Callable[[Node], Awaitable[None]] | None = None
         self._next_dir_fh = 1
 
     # -- helpers -----------------------------------------------------------------------------
@@ -104,6 +106,14 @@ class LindiOperations(pyfuse3.Operations):
     async def _file_size(self, node: Node) -> int:
         return await self.content.size(node)
 
+    async def _prepare(self, node: Node) -> None:
+        if self.prepare_dir is not None:
+            try:
+                await self.prepare_dir(node)
+            except RefError as e:
+                log.error("%s", e)
+                raise pyfuse3.FUSEError(errno.EIO) from None
+
     def _erofs(self) -> None:
         raise pyfuse3.FUSEError(errno.EROFS)
 
@@ -113,6 +123,7 @@ class LindiOperations(pyfuse3.Operations):
         self, parent_inode: int, name: bytes, ctx: Any = None
     ) -> pyfuse3.EntryAttributes:
         parent = self._node(parent_inode)
+        await self._prepare(parent)
         sname = os.fsdecode(name)
         if sname == ".":
             node: Node | None = parent
@@ -137,6 +148,7 @@ class LindiOperations(pyfuse3.Operations):
         node = self._node(inode)
         if node.children is None:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
+        await self._prepare(node)
         fh = self._next_dir_fh
         self._next_dir_fh += 1
         # Snapshot the listing so offsets stay stable while the directory is read.
