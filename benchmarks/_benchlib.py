@@ -1,0 +1,269 @@
+"""Shared helpers for the benchmarks: mounts, page-cache drops, machine facts, RESULTS.md sections.
+
+Every mount made here is unmounted in a ``finally`` (``lindifuse umount``, then ``fusermount3 -u
+-z``) and its daemon is ended by its PID, never by name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH_DIR = REPO / "benchmarks"
+WORK = BENCH_DIR / "_work"
+RESULTS = BENCH_DIR / "RESULTS.md"
+
+
+def lindifuse_cmd() -> list[str]:
+    exe = REPO / ".venv" / "bin" / "lindifuse"
+    if exe.exists():
+        return [str(exe)]
+    return [sys.executable, "-m", "lindifuse"]
+
+
+def lindi_python() -> str | None:
+    """Interpreter of the separate lindi (zarr<3) environment, or None."""
+    for cand in (
+        os.environ.get("LINDI_PYTHON"),
+        str(REPO / ".venv-lindi" / "bin" / "python"),
+        "/tmp/lv/bin/python",
+    ):
+        if cand and os.path.exists(cand):
+            return cand
+    return None
+
+
+# -- timing ------------------------------------------------------------------------------------
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+class Timer:
+    def __enter__(self) -> Timer:
+        self.t0 = time.perf_counter()
+        self.seconds = 0.0
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self.t0
+
+
+# -- page cache --------------------------------------------------------------------------------
+
+_drop_warned: list[str] = []
+
+
+def drop_caches() -> bool:
+    """sync + ``echo 3 > /proc/sys/vm/drop_caches``; False (and one note) when not allowed."""
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return True
+    except OSError as e:
+        if not _drop_warned:
+            _drop_warned.append(str(e))
+            print(f"note: cannot drop the page cache ({e}); reads may be warm", file=sys.stderr)
+        return False
+
+
+# -- mounts ------------------------------------------------------------------------------------
+
+
+def is_mounted(mnt: str | os.PathLike) -> bool:
+    target = os.path.abspath(mnt)
+    with open("/proc/mounts") as f:
+        return any(line.split()[1].replace("\\040", " ") == target for line in f if line.strip())
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def end_pid(pid: int, timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after ``timeout``, a process we started (by its PID)."""
+    if not pid_alive(pid):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if pid_alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def force_unmount(mnt: str | os.PathLike) -> None:
+    if is_mounted(mnt):
+        subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """VmRSS / VmHWM (kB) of a process."""
+    out: dict[str, int] = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                if k in ("VmRSS", "VmHWM"):
+                    out[k] = int(v.split()[0])
+    except OSError:
+        pass
+    return out
+
+
+@dataclass
+class Mount:
+    path: Path
+    pid: int
+    mount_seconds: float  # from starting `lindifuse mount` to `ls` answering
+    log_file: Path | None = None
+
+    def load_seconds(self) -> float | None:
+        """Seconds from the daemon's first log line to its "mounted" line (source loading,
+        tree building; not the interpreter start), when the log holds only this mount."""
+        if self.log_file is None or not self.log_file.exists():
+            return None
+        stamps = []
+        for line in self.log_file.read_text().splitlines():
+            try:
+                ts = datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+            except ValueError:
+                continue
+            stamps.append((ts, line))
+            if " mounted " in line:
+                return (ts - stamps[0][0]).total_seconds()
+        return None
+
+    def stats(self) -> dict:
+        return json.loads(os.getxattr(self.path, "user.lindifuse.stats"))
+
+
+@contextlib.contextmanager
+def lindifuse_mount(
+    source: str | os.PathLike, mnt: str | os.PathLike, *, log_file: str | os.PathLike, extra=()
+) -> Iterator[Mount]:
+    """Mount read-only, time it until ``ls`` answers, and always unmount + end the daemon."""
+    mnt = Path(mnt)
+    mnt.mkdir(parents=True, exist_ok=True)
+    if is_mounted(mnt):
+        raise RuntimeError(f"{mnt}: already mounted")
+    pid_file = Path(str(log_file) + ".pid")
+    pid_file.unlink(missing_ok=True)
+    pid = None
+    try:
+        t0 = time.perf_counter()
+        res = subprocess.run(
+            [
+                *lindifuse_cmd(),
+                "mount",
+                str(source),
+                str(mnt),
+                "--read-only",
+                "--log-file",
+                str(log_file),
+                "--pid-file",
+                str(pid_file),
+                *extra,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if res.returncode != 0:
+            raise RuntimeError(f"lindifuse mount {source} failed: {res.stderr.strip()}")
+        os.listdir(mnt)  # `ls` answers
+        seconds = time.perf_counter() - t0
+        pid = int(pid_file.read_text())
+        yield Mount(mnt, pid, seconds, Path(log_file))
+    finally:
+        if pid is None and is_mounted(mnt):
+            with contextlib.suppress(OSError, ValueError):
+                pid = int(os.getxattr(mnt, "user.lindifuse.pid"))
+        if is_mounted(mnt):
+            r = subprocess.run(
+                [*lindifuse_cmd(), "umount", str(mnt), "--timeout", "30"],
+                capture_output=True,
+                text=True,
+            )
+            if r.returncode != 0:
+                print(f"warning: lindifuse umount {mnt}: {r.stderr.strip()}", file=sys.stderr)
+                force_unmount(mnt)
+        if pid is not None:
+            end_pid(pid)
+
+
+# -- machine facts and RESULTS.md --------------------------------------------------------------
+
+
+def machine() -> str:
+    mem_kb = 0
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                mem_kb = int(line.split()[1])
+    cpu = ""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return (
+        f"{os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), "
+        f"{mem_kb / 2**20:.1f} GiB RAM, {cpu or platform.processor()}, "
+        f"Linux {platform.release()}, Python {platform.python_version()}"
+    )
+
+
+def git_commit() -> str:
+    def git(*args: str) -> str:
+        r = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
+        return r.stdout.strip()
+
+    rev = git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", "lindifuse")
+    return rev + (" (lindifuse/ modified)" if dirty else "")
+
+
+def now() -> str:
+    return datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+
+
+def update_results(name: str, body: str, path: Path = RESULTS) -> None:
+    """Replace (or append) the section between ``<!-- name:start -->`` and ``<!-- name:end -->``."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    block = f"{start}\n{body.rstrip()}\n{end}\n"
+    text = path.read_text() if path.exists() else "# Benchmark results\n\n"
+    if start in text and end in text:
+        before = text[: text.index(start)]
+        after = text[text.index(end) + len(end) :].lstrip("\n")
+        text = before + block + ("\n" + after if after else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def which(name: str) -> str | None:
+    return shutil.which(name)
