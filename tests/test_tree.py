@@ -1,0 +1,153 @@
+"""Unit tests of lindifuse.tree: every key a file, every proper prefix a directory, conflicts,
+stable inodes, lookups (pure in-memory logic)."""
+
+from __future__ import annotations
+
+import random
+
+from lindifuse.tree import ROOT_INODE, Tree, join_key
+
+KEYS = [
+    ".zgroup",
+    ".zattrs",
+    "acquisition/.zgroup",
+    "acquisition/ts/.zgroup",
+    "acquisition/ts/data/.zarray",
+    "acquisition/ts/data/0.0",
+    "acquisition/ts/data/0.1",
+    "general/x/y/z/deep",
+]
+
+
+def files_and_dirs(tree: Tree) -> tuple[set[str], set[str]]:
+    files, dirs = set(), set()
+    for node in tree.nodes.values():
+        (dirs if node.is_dir else files).add(node.key)
+    return files, dirs
+
+
+def test_keys_become_files_and_prefixes_directories():
+    t = Tree.from_keys(KEYS)
+    files, dirs = files_and_dirs(t)
+    assert files == set(KEYS)
+    assert dirs == {
+        "",
+        "acquisition",
+        "acquisition/ts",
+        "acquisition/ts/data",
+        "general",
+        "general/x",
+        "general/x/y",
+        "general/x/y/z",
+    }
+    assert t.nfiles == len(KEYS)
+    assert t.ndirs == len(dirs)
+    assert t.conflicts == []
+    assert t.root.inode == ROOT_INODE and t.root.key == "" and t.root.is_dir
+
+
+def test_structure_links():
+    t = Tree.from_keys(KEYS)
+    data = t.by_key("acquisition/ts/data")
+    assert data is not None and data.is_dir
+    assert sorted(data.children) == [".zarray", "0.0", "0.1"]
+    chunk = t.lookup(data, "0.1")
+    assert chunk is not None and not chunk.is_dir
+    assert chunk.parent is data and chunk.name == "0.1" and chunk.key == "acquisition/ts/data/0.1"
+    assert t.get(chunk.inode) is chunk
+    assert t.by_key("acquisition/ts/data/0.1") is chunk
+    assert t.lookup(data, "9.9") is None
+    assert t.lookup(chunk, "x") is None  # a file has no children
+    assert t.by_key("nope/x") is None
+    assert t.by_key("acquisition/nope") is None
+    assert t.get(10**9) is None
+    # every node's key is its parent's key joined with its name
+    for node in t.nodes.values():
+        if node.parent is not None:
+            assert node.key == join_key(node.parent.key, node.name)
+            assert node.parent.children[node.name] is node
+
+
+def test_inodes_unique_and_stable_for_the_tree():
+    t = Tree.from_keys(KEYS)
+    inodes = [n.inode for n in t.nodes.values()]
+    assert len(set(inodes)) == len(inodes)
+    assert all(i >= ROOT_INODE for i in inodes)
+    snapshot = {n.key: n.inode for n in t.nodes.values()}
+    for key in KEYS:  # lookups do not renumber anything
+        t.by_key(key)
+    assert {n.key: n.inode for n in t.nodes.values()} == snapshot
+
+
+def test_order_of_keys_does_not_change_the_shape():
+    shuffled = KEYS[:]
+    random.Random(3).shuffle(shuffled)
+    assert files_and_dirs(Tree.from_keys(shuffled)) == files_and_dirs(Tree.from_keys(KEYS))
+
+
+def test_file_key_that_is_also_a_prefix_directory_wins():
+    # the file comes first, then a key below it
+    t = Tree.from_keys(["a", "a/b", "c/d"])
+    assert t.by_key("a").is_dir and t.by_key("a/b") is not None
+    assert t.conflicts == ["a"]
+    assert t.nfiles == 2
+    # the directory comes first, then the file key
+    t = Tree.from_keys(["a/b", "a", "c/d"])
+    assert t.by_key("a").is_dir
+    assert t.conflicts == ["a"]
+    assert t.nfiles == 2
+    # deeper: a file in the middle of a longer path
+    t = Tree.from_keys(["x/y", "x/y/z/w"])
+    assert t.by_key("x/y").is_dir and not t.by_key("x/y/z/w").is_dir
+    assert t.conflicts == ["x/y"]
+    files, _ = files_and_dirs(t)
+    assert files == {"x/y/z/w"}
+
+
+def test_duplicate_keys_give_one_file():
+    t = Tree.from_keys(["a/b", "a/b"])
+    assert t.nfiles == 1 and t.conflicts == []
+
+
+def test_walk_files():
+    t = Tree.from_keys(KEYS)
+    assert sorted(n.key for n in t.walk_files()) == sorted(KEYS)
+    sub = t.by_key("acquisition/ts")
+    assert sorted(n.key for n in t.walk_files(sub)) == [
+        "acquisition/ts/.zgroup",
+        "acquisition/ts/data/.zarray",
+        "acquisition/ts/data/0.0",
+        "acquisition/ts/data/0.1",
+    ]
+
+
+def test_empty_tree():
+    t = Tree.from_keys([])
+    assert t.nfiles == 0 and t.ndirs == 1 and t.root.children == {}
+    assert list(t.walk_files()) == []
+
+
+def test_unknown_size_until_computed():
+    t = Tree.from_keys(["a/0"])
+    assert t.by_key("a/0").size == -1
+
+
+def test_many_keys():
+    keys = [f"g{i % 7}/arr{i % 13}/{i}" for i in range(20000)]
+    t = Tree.from_keys(keys)
+    assert t.nfiles == 20000
+    assert t.ndirs == 1 + 7 + len({(i % 7, i % 13) for i in range(20000)})
+    assert t.by_key(keys[12345]).key == keys[12345]
+
+
+def test_mutations_for_writable_mounts_keep_keys_consistent():
+    t = Tree.from_keys(["a/x/0", "a/x/1", "b/.zgroup"])
+    a, b = t.by_key("a"), t.by_key("b")
+    moved = t.move(t.by_key("a/x"), b, "y")
+    assert sorted(moved) == [("a/x/0", "b/y/0"), ("a/x/1", "b/y/1")]
+    assert t.by_key("b/y/0").key == "b/y/0" and t.by_key("a/x") is None
+    assert a.children == {}
+    f = t.add_file(a, "new")
+    assert f.key == "a/new" and t.nfiles == 4
+    t.remove(f)
+    assert t.nfiles == 3 and t.get(f.inode) is None
