@@ -23,6 +23,22 @@ Subcommands (all paths may be relative):
       All of the above in one process (saves interpreter start-up):
       example.h5, example.lindi.{json,tar,d}, amended.lindi.{tar,d}, and
       OUTDIR/reference/<name>.{store.json,raw.json,arrays.npz} for each.
+  read-json SOURCE NAME...
+      Print {NAME: description} as JSON: for a dataset {"kind": "dataset", "shape",
+      "dtype", "values" (nested lists), "attrs"}, for a group {"kind": "group",
+      "keys", "attrs"}, for a missing name {"kind": "missing"}. An attribute lindi
+      cannot convert (a JSON object) reads as {"error": "..."}.
+  amend SOURCE GROUP [--start S] [--n N]
+      Open SOURCE with lindi in r+ mode and add GROUP (attrs {"who": "lindi"}) holding
+      dataset "v" = arange(N) + S as float64, chunks of 250 values, uncompressed
+      (2000-byte chunks: lindi writes them as blobs of the container).
+  make-nwb OUT.nwb
+      A small NWB file written by pynwb: TimeSeries acquisition/ts (int16 (1000, 4),
+      rate 10 Hz, unit mV).
+  read-nwb SOURCE
+      Open SOURCE with lindi and read it with pynwb.NWBHDF5IO(file=f, mode="r"); print
+      JSON {"session_description", "identifier", "acquisition": {name: {"data",
+      "unit", "description", "comments", "rate", "starting_time", "type"}}}.
 """
 
 from __future__ import annotations
@@ -233,6 +249,120 @@ def fixtures(outdir: str, max_chunk_size: int) -> None:
         read_arrays(src, base + ".arrays.npz")
 
 
+def _plain(v):
+    """An attribute or value made JSON-serializable (numpy -> python, refs -> str)."""
+    if isinstance(v, np.ndarray) and v.ndim == 0:
+        return _plain(v[()])
+    if isinstance(v, np.ndarray):
+        return [_plain(x) for x in v.tolist()] if v.dtype.kind != "O" else [_plain(x) for x in v]
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    if isinstance(v, list | tuple):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if v is None or isinstance(v, bool | int | float | str):
+        return v
+    return str(v)
+
+
+def read_json(source: str, names: list[str]) -> None:
+    out = {}
+    f = _open(source)
+    try:
+        for name in names:
+            obj = f.get(name)
+            if obj is None:
+                out[name] = {"kind": "missing"}
+                continue
+            attrs = {}
+            for k in obj.attrs:
+                try:
+                    attrs[k] = _plain(obj.attrs[k])
+                except Exception as e:  # lindi maps some zarr attributes to nothing (dicts)
+                    attrs[k] = {"error": f"{type(e).__name__}: {e}"}
+            if hasattr(obj, "shape"):
+                arr = _read_dataset(obj)
+                out[name] = {
+                    "kind": "dataset",
+                    "shape": list(arr.shape),
+                    "dtype": str(arr.dtype),
+                    "values": _plain(arr),
+                    "attrs": attrs,
+                }
+            else:
+                out[name] = {"kind": "group", "keys": sorted(obj.keys()), "attrs": attrs}
+    finally:
+        f.close()
+    print(json.dumps(out), flush=True)
+
+
+def amend(source: str, group: str, start: float, n: int) -> None:
+    with lindi.LindiH5pyFile.from_lindi_file(source, mode="r+") as f:
+        g = f.create_group(group)
+        g.attrs["who"] = "lindi"
+        data = np.arange(n, dtype=np.float64) + start
+        g.create_dataset("v", data=data, chunks=(250,), compression=None)
+
+
+def make_nwb(path: str) -> None:
+    import datetime
+
+    from pynwb import NWBHDF5IO, NWBFile, TimeSeries
+
+    nwb = NWBFile(
+        session_description="lindifuse test session",
+        identifier="lindifuse-test-1",
+        session_start_time=datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC),
+    )
+    data = (np.arange(4000, dtype=np.int16) % 1000).reshape(1000, 4)
+    ts = TimeSeries(
+        name="ts",
+        data=data,
+        unit="mV",
+        rate=10.0,
+        starting_time=0.0,
+        description="recorded",
+        comments="original",
+    )
+    nwb.add_acquisition(ts)
+    with NWBHDF5IO(path, "w") as io:
+        io.write(nwb)
+
+
+def read_nwb(source: str) -> None:
+    import warnings
+
+    import pynwb
+
+    warnings.simplefilter("ignore")
+    f = _open(source)
+    try:
+        with pynwb.NWBHDF5IO(file=f, mode="r") as io:
+            nwb = io.read()
+            acq = {}
+            for name, obj in nwb.acquisition.items():
+                acq[name] = {
+                    "type": type(obj).__name__,
+                    "data": _plain(np.asarray(obj.data[:])),
+                    "unit": obj.unit,
+                    "description": obj.description,
+                    "comments": obj.comments,
+                    "rate": obj.rate,
+                    "starting_time": obj.starting_time,
+                }
+            out = {
+                "session_description": nwb.session_description,
+                "identifier": nwb.identifier,
+                "acquisition": acq,
+            }
+    finally:
+        f.close()
+    print(json.dumps(out), flush=True)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -257,6 +387,18 @@ def main(argv=None) -> int:
     a = sub.add_parser("fixtures")
     a.add_argument("outdir")
     a.add_argument("--max-chunk-size", type=int, default=DEFAULT_MAX_CHUNK_SIZE)
+    a = sub.add_parser("read-json")
+    a.add_argument("source")
+    a.add_argument("names", nargs="+")
+    a = sub.add_parser("amend")
+    a.add_argument("source")
+    a.add_argument("group")
+    a.add_argument("--start", type=float, default=0.0)
+    a.add_argument("--n", type=int, default=1000)
+    a = sub.add_parser("make-nwb")
+    a.add_argument("out")
+    a = sub.add_parser("read-nwb")
+    a.add_argument("source")
     args = p.parse_args(argv)
     if args.cmd == "make-h5":
         make_h5(args.out, args.external_link)
@@ -268,6 +410,14 @@ def main(argv=None) -> int:
         read_arrays(args.source, args.out)
     elif args.cmd == "fixtures":
         fixtures(args.outdir, args.max_chunk_size)
+    elif args.cmd == "read-json":
+        read_json(args.source, args.names)
+    elif args.cmd == "amend":
+        amend(args.source, args.group, args.start, args.n)
+    elif args.cmd == "make-nwb":
+        make_nwb(args.out)
+    elif args.cmd == "read-nwb":
+        read_nwb(args.source)
     return 0
 
 
