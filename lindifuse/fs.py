@@ -312,6 +312,26 @@ class WritableOperations(LindiOperations):
             raise pyfuse3.FUSEError(errno.EBADF)
         return node
 
+    def _node(self, inode: int) -> Node:
+        node = self.tree.get(inode)
+        if node is not None:
+            return node
+        # Unlinked (or renamed over) while open: like a local file, it lives until the last close.
+        for n in self._handles.values():
+            if n.inode == inode:
+                return n
+        raise pyfuse3.FUSEError(errno.ENOENT)
+
+    async def _detach(self, node: Node) -> None:
+        """Remove file ``node`` from the namespace; an open, unstaged one keeps its content."""
+        if self.writer.size(node) is None and any(n is node for n in self._handles.values()):
+            try:
+                await self.content.resolve(node)  # pins the reference in the node
+            except RefError:
+                pass
+        self.tree.remove(node)
+        self.writer.removed(node)
+
     async def _file_size(self, node: Node) -> int:
         size = self.writer.size(node)
         return size if size is not None else await self.content.size(node)
@@ -443,8 +463,7 @@ class WritableOperations(LindiOperations):
             raise pyfuse3.FUSEError(errno.ENOENT)
         if node.children is not None:
             raise pyfuse3.FUSEError(errno.EISDIR)
-        self.tree.remove(node)
-        self.writer.removed(node)
+        await self._detach(node)
 
     async def rename(
         self, p_old: int, n_old: bytes, p_new: int, n_new: bytes, flags: int, ctx: Any
@@ -474,8 +493,7 @@ class WritableOperations(LindiOperations):
             else:
                 if node.children is not None:
                     raise pyfuse3.FUSEError(errno.ENOTDIR)
-                self.tree.remove(target)
-                self.writer.removed(target)
+                await self._detach(target)
         self.writer.moved(self.tree.move(node, new_parent, new_name))
         await self.writer.commit_after_rename(node)
 
