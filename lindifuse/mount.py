@@ -182,6 +182,10 @@ async def serve(opts: MountOptions) -> int:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_signals, pyfuse3)
             nursery.start_soon(fs.background)
+            if getattr(opts, "readahead", True):
+                from .fetch import tune_kernel_readahead_when_up
+
+                nursery.start_soon(tune_kernel_readahead_when_up, opts.mountpoint)
             ready.ok()
             await pyfuse3.main()
             nursery.cancel_scope.cancel()
