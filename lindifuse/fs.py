@@ -187,6 +187,14 @@ class LindiOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR)
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
             self._erofs()
+        try:
+            # A reference that cannot be resolved (bad base64, [url] whose size request
+            # failed) was shown with size 0: the kernel would never send a read, so a reader
+            # would see an empty file instead of EIO. Fail here.
+            await self.content.resolve(node)
+        except RefError as e:
+            log.error("open failed: %s", e)
+            raise pyfuse3.FUSEError(errno.EIO) from None
         return pyfuse3.FileInfo(fh=inode, keep_cache=True)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
