@@ -104,7 +104,10 @@ class ContentService:
             raise RefError(f"{node.key}: {e}") from None
         size = ref.size
         if size is None:
-            size = await self._whole_size(loc) - ref.offset
+            try:
+                size = await self._whole_size(loc) - ref.offset
+            except RefError as e:
+                raise RefError(f"{node.key}: {e}") from None
             if size < 0:
                 raise RefError(f"{node.key}: offset {ref.offset} is past the end of {target}")
         if loc.limit is not None and ref.offset + size > loc.limit:
