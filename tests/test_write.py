@@ -450,6 +450,27 @@ def test_unsupported_operations(rw):
     assert errno_of(os.setxattr, m.path / "f", "user.x", b"1") in (errno.ENOTSUP, errno.EOPNOTSUPP)
 
 
+def test_xattr_ref_of_written_files(rw):
+    """``user.lindi.ref`` of a committed blob names the archive and the member's bytes; a file
+    that is still staged has no reference yet (ENODATA, not EIO and an error in the log)."""
+    arch, m = rw()
+    p = m.path / "f"
+    with open(p, "wb") as f:
+        f.write(rnd(3000, 20))
+        assert errno_of(os.getxattr, p, "user.lindi.ref") == errno.ENODATA
+    assert errno_of(os.getxattr, p, "user.lindi.ref") in (0, errno.ENODATA)
+    fsync_file(p)
+    where, off, size = json.loads(os.getxattr(p, "user.lindi.ref"))
+    assert (where, size) == (str(arch), 3000)
+    with open(arch, "rb") as f:
+        f.seek(off)
+        assert f.read(size) == rnd(3000, 20)
+    wbytes(m.path / "small", b"small")
+    fsync_file(m.path / "small")
+    assert json.loads(os.getxattr(m.path / "small", "user.lindi.ref")) == "inline"
+    _no_errors_logged(m)
+
+
 def test_statfs(rw):
     arch, m = rw()
     v = os.statvfs(m.path)
@@ -855,3 +876,84 @@ def test_second_writable_mount_is_refused(rw, mount, kind):
     wbytes(m.path / "f2", b"more")
     m.umount()
     assert set(assert_valid_archive(arch).refs) == {".zgroup", "f", "f2"}
+
+
+# -- commits racing with the namespace ----------------------------------------------------------
+
+
+def _no_errors_logged(m) -> None:
+    errors = [line for line in m.log_text().splitlines() if " ERROR " in line]
+    assert not errors, "daemon logged errors:\n" + m.log_text()[-5000:]
+
+
+def test_zarr_writes_racing_the_flush_timer(rw, mount):
+    """Many small zarr writes (key.<uuid>.partial -> rename) for a few seconds, with fsyncs of
+    another file (each flushes the archive) in between: every blob is named after its final
+    key, nothing is lost, the daemon logs no error."""
+    arch, m = rw()
+    rng = np.random.default_rng(19)
+    data = rng.standard_normal((1200, 300))
+    g = zarr.open_group(m.path, mode="r+", zarr_format=2)
+    a = g.create_array("x", shape=data.shape, chunks=(1, 300), dtype="f8", compressors=None)
+    side = os.open(m.path / "side", os.O_CREAT | os.O_WRONLY)
+    try:
+        for i in range(0, 1200, 50):
+            a[i : i + 50] = data[i : i + 50]
+            os.pwrite(side, b"s" * 2000, 0)
+            os.fsync(side)
+    finally:
+        os.close(side)
+    np.testing.assert_array_equal(a[:], data)
+    assert m.daemon_alive()
+    _no_errors_logged(m)
+    m.umount()
+    view = assert_valid_archive(arch)
+    bad = {k: v for k, v in view.refs.items() if isinstance(v, list) and "partial" in v[0]}
+    assert not bad, f"{len(bad)} chunks stored under a temporary name, e.g. {next(iter(bad))}"
+    assert not [n for n in tar_list(arch) if "partial" in n]
+    for i in range(0, 1200, 97):
+        assert view.content(f"x/{i}.0") == data[i].tobytes()
+
+
+def _during_timer_commit(arch: Path, action) -> None:
+    """Run ``action()`` while the flush timer is appending a big closed file to ``arch``."""
+    size0 = arch.stat().st_size
+    assert wait_until(lambda: arch.stat().st_size > size0, 5.0, interval=0), "no commit"
+    action()
+
+
+def test_namespace_changes_during_a_timer_commit(rw, mount):
+    """rename, unlink and a new write of a file while the timer is committing it: the archive
+    ends up with the file's final name and content (no resurrected name, no lost write)."""
+    arch, m = rw()
+    big = 24 << 20
+    blk = b"a" * (1 << 20)
+
+    def write_big(name: str) -> Path:
+        p = m.path / name
+        with open(p, "wb") as f:
+            for _ in range(big >> 20):
+                f.write(blk)
+        return p
+
+    p = write_big("renamed")
+    _during_timer_commit(arch, lambda: os.rename(p, m.path / "renamed.final"))
+    p = write_big("unlinked")
+    _during_timer_commit(arch, lambda: os.unlink(p))
+    p = write_big("rewritten")
+
+    def rewrite():
+        with open(p, "r+b") as f:
+            f.write(b"Z")
+
+    _during_timer_commit(arch, rewrite)
+    assert m.daemon_alive()
+    assert sorted(os.listdir(m.path)) == [".zgroup", "renamed.final", "rewritten"]
+    assert rbytes(m.path / "rewritten")[:2] == b"Za"
+    _no_errors_logged(m)
+    m.umount()
+    view = assert_valid_archive(arch)
+    assert set(view.refs) == {".zgroup", "renamed.final", "rewritten"}
+    assert len(view.content("renamed.final")) == big
+    c = view.content("rewritten")
+    assert len(c) == big and c[:2] == b"Za"
