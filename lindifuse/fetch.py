@@ -393,10 +393,12 @@ class ReadAhead:
         if not sequential:
             return
         n = max(1, min(self.max_chunks, self.max_bytes // max(1, r.stored)))
-        if st.ahead - i >= max(1, n // 2):
-            return  # enough already in flight ahead of the reader
+        if st.ahead - i >= n:
+            return  # a whole window is already fetched or in flight ahead of the reader
+        # Fetch the next whole window: the reader stays one to two windows behind the
+        # fetches, so a window's request time is hidden behind the reading of the previous one.
         start = max(st.ahead + 1, i + 1)
-        end = min(len(st.order), i + 1 + n)
+        end = min(len(st.order), start + n)
         if start >= end or not self.fetcher.can_start():
             return
         st.ahead = end - 1
