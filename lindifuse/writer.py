@@ -18,6 +18,7 @@ import copy
 import logging
 import os
 import tempfile
+import time
 from typing import Any
 
 import trio
@@ -29,23 +30,32 @@ from .tree import Node, Tree
 log = logging.getLogger(__name__)
 
 COPY_BLOCK = 4 * 2**20
+QUIET = 0.25
+"""Seconds a closed file is left alone by the flush timer (and by flushes for another file's
+fsync), so that write-temp-then-rename (zarr's ``key.<uuid>.partial``) commits it at the rename,
+under its final name."""
 
 
 class Staged:
     """Content of a file being written: a temporary file plus bookkeeping."""
 
-    __slots__ = ("file", "size", "dirty", "opens")
+    __slots__ = ("file", "size", "dirty", "opens", "gen", "busy", "closing", "closed_at")
 
     def __init__(self, directory: str) -> None:
         self.file = tempfile.TemporaryFile(dir=directory, prefix=".lindifuse-")  # noqa: SIM115
         self.size = 0
         self.dirty = False
         self.opens = 0
+        self.gen = 0  # bumped by every change: a commit knows whether it saw the last one
+        self.busy = False  # a commit is reading it in a worker thread
+        self.closing = False  # dropped while busy: the commit closes it when done
+        self.closed_at = 0.0  # monotonic time of the last close
 
     def pwrite(self, off: int, buf: bytes) -> int:
         n = os.pwrite(self.file.fileno(), buf, off)
         self.size = max(self.size, off + n)
         self.dirty = True
+        self.gen += 1
         return n
 
     def pread(self, off: int, size: int) -> bytes:
@@ -55,12 +65,16 @@ class Staged:
         os.ftruncate(self.file.fileno(), size)
         self.size = size
         self.dirty = True
+        self.gen += 1
 
     def read_all(self) -> bytes:
         return os.pread(self.file.fileno(), self.size, 0)
 
     def close(self) -> None:
-        self.file.close()
+        if self.busy:
+            self.closing = True
+        else:
+            self.file.close()
 
 
 class Writer:
@@ -149,6 +163,8 @@ class Writer:
         if st is None:
             return
         st.opens = max(0, st.opens - 1)
+        if st.opens == 0:
+            st.closed_at = time.monotonic()
         if st.opens == 0 and (not st.dirty or node.inode not in self.tree.nodes):
             # Opened for writing but unchanged (or committed by fsync), or unlinked while
             # open: the committed reference (if any) is the content.
@@ -214,39 +230,64 @@ class Writer:
     # -- committing -------------------------------------------------------------------------
 
     async def commit(self, node: Node) -> None:
-        """Move a staged file's content into the archive (blob or inline) and the refs."""
+        """Move a staged file's content into the archive (blob or inline) and the refs.
+
+        The FUSE loop keeps serving requests while the content is read and appended in worker
+        threads: the file may meanwhile be renamed (its reference goes to the new name), unlinked
+        (nothing is referenced), written again (it stays dirty) or committed and dropped by
+        another caller that held the lock first (nothing left to do).
+        """
         st = self.staged.get(node.inode)
         if st is None or not st.dirty:
             return
-        key = node.key
         async with self.lock:
+            if self.staged.get(node.inode) is not st or not st.dirty:
+                return  # committed (and maybe dropped) while we waited for the lock
             if node.inode not in self.tree.nodes:
                 return  # unlinked meanwhile
-            data = await trio.to_thread.run_sync(st.read_all)
-            if tarfmt.lindi_inline_rule(key, len(data)):
-                self.refs[key] = tarfmt.inline_value(key, data, exact=True)
-            else:
-                member = await trio.to_thread.run_sync(
-                    self.archive.append_blob, "blobs/" + key, data
-                )
-                self.refs[key] = ["./" + member.name, 0, len(data)]
-            st.dirty = False
+            gen = st.gen
+            st.busy = True
+            try:
+                data = await trio.to_thread.run_sync(st.read_all)
+                key = node.key
+                if tarfmt.lindi_inline_rule(key, len(data)):
+                    value: Any = tarfmt.inline_value(key, data, exact=True)
+                else:
+                    member = await trio.to_thread.run_sync(
+                        self.archive.append_blob, "blobs/" + key, data
+                    )
+                    value = ["./" + member.name, 0, len(data)]
+            finally:
+                st.busy = False
+                if st.closing:
+                    st.file.close()
+            if node.inode not in self.tree.nodes:
+                return  # unlinked meanwhile: the appended blob stays unreferenced
+            self.refs[node.key] = value  # its current name, if it was renamed meanwhile
+            if st.gen == gen:
+                st.dirty = False
             self.refs_dirty = True
             self.commits += 1
-        if st.opens == 0:
+        if st.opens == 0 and not st.dirty:
             self._drop(node)
         self._invalidate(node)
 
-    async def commit_all(self, *, include_open: bool = False) -> None:
+    async def commit_all(self, *, include_open: bool = False, quiet: float = 0.0) -> None:
+        """Commit dirty files: closed ones (closed at least ``quiet`` seconds ago), or all."""
+        now = time.monotonic()
         for inode, st in list(self.staged.items()):
-            if st.dirty and (include_open or st.opens == 0):
+            if st.dirty and (include_open or (st.opens == 0 and now - st.closed_at >= quiet)):
                 node = self.tree.get(inode)
                 if node is not None:
                     await self.commit(node)
 
-    async def flush(self, *, durable: bool = True) -> None:
-        """Commit closed files and write lindi.json + index (durably: fsync before returning)."""
-        await self.commit_all()
+    async def flush(self, *, durable: bool = True, quiet: float = 0.0) -> None:
+        """Commit closed files and write lindi.json + index (durably: fsync before returning).
+
+        ``quiet``: leave files closed less than that many seconds ago for a later flush (a
+        rename is likely to follow and commit them under their final name).
+        """
+        await self.commit_all(quiet=quiet)
         async with self.lock:
             if not self.refs_dirty:
                 return
@@ -264,7 +305,7 @@ class Writer:
         st = self.staged.get(node.inode)
         if st is not None and st.dirty:
             await self.commit(node)
-        await self.flush(durable=True)
+        await self.flush(durable=True, quiet=QUIET)
 
     async def run_timer(self) -> None:
         """Background task: flush every ``flush_interval`` seconds while there is work."""
@@ -272,7 +313,7 @@ class Writer:
             await trio.sleep(self.flush_interval)
             if self.refs_dirty or any(s.dirty and s.opens == 0 for s in self.staged.values()):
                 try:
-                    await self.flush(durable=True)
+                    await self.flush(durable=True, quiet=QUIET)
                 except Exception:
                     log.exception("periodic flush failed; will retry")
 
