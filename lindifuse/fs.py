@@ -7,6 +7,7 @@ key; they never take the mount down.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -333,10 +334,8 @@ class WritableOperations(LindiOperations):
     async def _detach(self, node: Node) -> None:
         """Remove file ``node`` from the namespace; an open, unstaged one keeps its content."""
         if self.writer.size(node) is None and any(n is node for n in self._handles.values()):
-            try:
+            with contextlib.suppress(RefError):
                 await self.content.resolve(node)  # pins the reference in the node
-            except RefError:
-                pass
         self.tree.remove(node)
         self.writer.removed(node)
 
@@ -517,6 +516,22 @@ class WritableOperations(LindiOperations):
         dst = self.tree.add_file(parent, sname)
         self.writer.linked(src, dst)
         return await self._attrs(dst)
+
+    def _uncommitted(self, node: Node) -> bool:
+        st = self.writer.staged.get(node.inode)
+        return st is not None and st.dirty
+
+    async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
+        node = self._node(inode)
+        if name == XATTR_REF and node.children is None and self._uncommitted(node):
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)  # no reference until it is committed
+        return await super().getxattr(inode, name, ctx)
+
+    async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
+        names = await super().listxattr(inode, ctx)
+        if self._uncommitted(self._node(inode)):
+            names = [n for n in names if n != XATTR_REF]
+        return names
 
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any) -> Any:
         raise pyfuse3.FUSEError(errno.EPERM)
