@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
 from typing import Any
 
@@ -34,11 +35,16 @@ async def summarize(source: str) -> dict[str, Any]:
             inline += len(ref.data)
             continue
         size = ref.size or 0
-        if ref.target.startswith("./"):
+        target = expand_templates(ref.target, c.rset.templates)
+        if target.startswith("./") and c.kind in ("tar", "dir"):
             container += size
         else:
+            # A plain .lindi.json has no container: its ./ and relative targets are files (or
+            # URLs) next to it; list them where they resolve, like the mount reads them.
+            with contextlib.suppress(RefError):
+                target = c.resolve(target).where
             external += size
-            e = ext[expand_templates(ref.target, c.rset.templates)]
+            e = ext[target]
             e[0] += 1
             e[1] += size
     return {
