@@ -72,7 +72,7 @@ class ArchiveView:
                 return base64.b64decode(v[7:])
             return v.encode()
         assert isinstance(v, list) and len(v) == 3, f"{key}: unexpected reference {v!r}"
-        target, off, size = v
+        target, off, size = self.expand(v)
         if target.startswith("./"):
             data = self.member(target[2:])
             assert off + size <= len(data), f"{key}: {v} runs past its member"
@@ -82,9 +82,18 @@ class ArchiveView:
             f.seek(off)
             return f.read(size)
 
+    def expand(self, v):
+        """A reference with ``{{name}}`` templates replaced (lists only; others as they are)."""
+        if not isinstance(v, list) or not v or not isinstance(v[0], str):
+            return v
+        target = v[0]
+        for name, value in (self.rfs.get("templates") or {}).items():
+            target = target.replace("{{" + name + "}}", value)
+        return [target, *v[1:]]
+
     def blob_member(self, key: str) -> str | None:
         """The member name behind ``key`` when it is a ``./`` reference, else None."""
-        v = self.refs.get(key)
+        v = self.expand(self.refs.get(key))
         if isinstance(v, list) and isinstance(v[0], str) and v[0].startswith("./"):
             return v[0][2:]
         return None
