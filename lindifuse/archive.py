@@ -1042,7 +1042,7 @@ def check(path: str) -> list[str]:
             raw_index = _pread(fd, entry.s, entry.d)
             members, doc = tarfmt.parse_index_doc(raw_index, entry, path, size)
         except FormatError as e:
-            return [*problems, str(e)]
+            return [*problems, str(e).removeprefix(f"{path}: ")]
         names = [f.get("n") for f in doc["files"] if isinstance(f, dict)]
         for n in sorted(n for n, c in Counter(names).items() if c > 1):
             problems.append(f"the index lists {n!r} more than once")
@@ -1098,7 +1098,7 @@ def _check_dir(path: str) -> list[str]:
     try:
         a = DirArchive.open(path, writable=False)
     except (FormatError, SourceError) as e:
-        return [str(e)]
+        return [str(e).removeprefix(f"{path}: ")]
     problems = []
     refs = referenced_members(a.rfs)
     for name, need in sorted(refs.items()):
