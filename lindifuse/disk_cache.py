@@ -461,6 +461,9 @@ class AsyncDiskCache:
             self._cond.wait_for(lambda: self._pending_bytes <= self.max_pending, timeout=30)
 
     def _writer(self) -> None:
+        # Storing is background work: let reads (the trio thread, FUSE requests) go first.
+        with contextlib.suppress(OSError, AttributeError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
         while True:
             try:
                 item = self._queue.get(timeout=ATIME_FLUSH_SECONDS)

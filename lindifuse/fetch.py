@@ -245,12 +245,22 @@ class Fetcher:
         """One request per span (concurrently); ``deliver(range, data, error)`` per range."""
 
         async def one(span: Span) -> None:
+            t0 = trio.current_time()
             try:
                 body, validator = await self.http.get_range_ex(url, span.start, span.size)
             except RefError as e:
                 for rng in span.ranges:
                     deliver(rng, None, e)
                 return
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "fetched %s bytes %d+%d (%d ranges) in %.3f s",
+                    url,
+                    span.start,
+                    span.size,
+                    len(span.ranges),
+                    trio.current_time() - t0,
+                )
             self._count(span)
             pieces = []
             mv = memoryview(body)
