@@ -226,7 +226,7 @@ def run_foreground(opts: MountOptions) -> int:
 def start_background(opts: MountOptions, argv: list[str]) -> int:
     """Spawn the daemon, wait until it is ready (or failed) and the mount answers."""
     log_file = opts.log_file or default_log_file(opts.mountpoint)
-    os.makedirs(os.path.dirname(log_file), exist_ok=True)
+    os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
     r, w = os.pipe()
     cmd = [
         sys.executable,
