@@ -732,8 +732,10 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         p.error(f"unknown part(s): {bad}")
 
+    load0 = os.getloadavg()
     bench = Bench(args)
     bench.run()
+    load1 = os.getloadavg()
     r = bench.r
     cmd = " ".join(
         [os.path.relpath(sys.executable, B.REPO), os.path.relpath(__file__, B.REPO)]
@@ -746,6 +748,8 @@ def main(argv: list[str] | None = None) -> int:
         f"- machine: {B.machine()}",
         f"- git commit: {B.git_commit()}",
         f"- command: `{cmd}` (run from the repository root; took {bench.elapsed:.0f} s)",
+        f"- load average (1 min) before / after: {load0[0]:.2f} / {load1[0]:.2f} "
+        "(other work on the machine disturbs the figures)",
         "",
     ]
     aims = ["### Aims", "", "| aim | figure | result |", "|---|---|---|"]
