@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
+import inspect
 import json
 import logging
 import os
@@ -30,12 +32,47 @@ XATTR_PID = b"user.lindifuse.pid"
 XATTR_STATS = b"user.lindifuse.stats"
 
 
+def _guarded(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """Turn an unexpected exception in a request handler into EIO plus a logged traceback.
+
+    pyfuse3 ends the main loop when a handler raises anything but FUSEError: one bug hit by
+    one request must not unmount everything.
+    """
+
+    @functools.wraps(fn)
+    async def handler(self: Any, *args: Any) -> Any:
+        try:
+            return await fn(self, *args)
+        except pyfuse3.FUSEError:
+            raise
+        except Exception:
+            log.exception("internal error in %s%r", fn.__name__, args[:2])
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return handler
+
+
+def _guard_handlers(cls: type) -> None:
+    for name, fn in list(vars(cls).items()):
+        if name in _HANDLER_NAMES and inspect.iscoroutinefunction(fn):
+            setattr(cls, name, _guarded(fn))
+
+
+_HANDLER_NAMES = {
+    n for n, f in vars(pyfuse3.Operations).items() if not n.startswith("_") and callable(f)
+}
+
+
 class LindiOperations(pyfuse3.Operations):
     """pyfuse3 operations over a Tree whose files are served by a ContentService."""
 
     supports_dot_lookup = True
     enable_writeback_cache = False
     enable_acl = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _guard_handlers(cls)
 
     def __init__(
         self,
@@ -285,6 +322,8 @@ class LindiOperations(pyfuse3.Operations):
         self._erofs()
         raise AssertionError
 
+
+_guard_handlers(LindiOperations)
 
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
