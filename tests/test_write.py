@@ -556,7 +556,7 @@ def test_archive_after_umount(rw, mount, lindi_gen, tmp_path, kind):
     arch, m = rw(kind)
     values = _write_zarr_sample(m.path)
     m.umount()
-    view = assert_valid_archive(arch, allow_unreferenced=True)
+    view = assert_valid_archive(arch)
     refs = view.refs
     # metadata and small chunks inline, big chunks in blobs named after their key
     for key in (".zgroup", ".zattrs", "big/.zarray", "sub/.zgroup", "sub/small/.zarray"):
@@ -584,7 +584,7 @@ def test_archive_after_umount(rw, mount, lindi_gen, tmp_path, kind):
         assert "blobs/big/0.0" in blobs and len(blobs) == 5  # 4 chunks + 1 rewrite
         # tar xf gives a valid .lindi.d
         d = tar_extract(arch, tmp_path / "extracted.lindi.d")
-        dview = assert_valid_archive(d, allow_unreferenced=True)
+        dview = assert_valid_archive(d)
         for key in refs:
             assert dview.content(key) == view.content(key), key
     else:

@@ -67,7 +67,7 @@ def test_lindi_archive_extended_through_the_mount(lindi_files, lindi_gen, mount,
     g["acquisition/ts/timestamps"][2600:2700] = 7.0
     m.umount()
 
-    view = assert_valid_archive(src, allow_unreferenced=True)
+    view = assert_valid_archive(src)
     for i in range(4):
         key = f"processing/fuse/values/{i}"
         assert blob_name_ok(view.blob_member(key), key), view.refs[key]
@@ -118,7 +118,7 @@ def test_lindifuse_archive_extended_by_lindi(lindi_gen, mount, tmp_path, kind):
     )
     g2["lindi_grp/v"][0:250] = 0.0
     m2.umount()
-    assert_valid_archive(arch, allow_unreferenced=True)
+    assert_valid_archive(arch)
     out = json_from_output(lindi_gen("read-json", arch, "fuse/a", "fuse/b", "lindi_grp/v", "/"))
     assert out["fuse/a"]["values"] == a_vals.tolist()
     np.testing.assert_array_equal(np.array(out["fuse/b"]["values"]), b_vals)
@@ -128,7 +128,7 @@ def test_lindifuse_archive_extended_by_lindi(lindi_gen, mount, tmp_path, kind):
     assert out["/"]["attrs"] == {"made_by": "lindifuse"}
     # lindi can keep extending it
     lindi_gen("amend", arch, "lindi_grp2", "--n", "300")
-    assert_valid_archive(arch, allow_unreferenced=True)
+    assert_valid_archive(arch)
     m3 = mount(arch, None, "--read-only")
     assert sorted(os.listdir(m3.path)) == [".zattrs", ".zgroup", "fuse", "lindi_grp", "lindi_grp2"]
     np.testing.assert_array_equal(

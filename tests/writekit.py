@@ -129,28 +129,17 @@ def tar_headers(path) -> dict[str, tuple[int, int, int]]:
         return {m.name: (m.offset, m.offset_data, m.size) for m in tf.getmembers()}
 
 
-KNOWN_DIR_CHECK_ISSUE = "unreferenced file"
-"""``lindifuse check`` of a ``.lindi.d`` reports blobs left behind by overwritten or deleted
-keys as problems (a tar's unreferenced members are not): see test_admin_cli.py
-``test_check_dir_with_overwritten_blobs_is_clean`` (xfail until archive.check changes)."""
-
-
-def assert_check_clean(path, *, allow_unreferenced: bool = False) -> CliResult:
-    """``lindifuse check PATH`` exits 0. With ``allow_unreferenced`` (a ``.lindi.d`` whose
-    keys were overwritten or deleted) its only complaints may be unreferenced blob files."""
+def assert_check_clean(path) -> CliResult:
+    """``lindifuse check PATH`` exits 0."""
     res = run_cli("check", path)
-    if allow_unreferenced and res.rc == 1 and Path(path).is_dir():
-        lines = res.stdout.strip().splitlines()
-        if all(KNOWN_DIR_CHECK_ISSUE in line for line in lines):
-            return res
     assert res.rc == 0, f"lindifuse check is not clean:\n{res.describe()}"
     return res
 
 
-def assert_valid_archive(path, *, allow_unreferenced: bool = False) -> ArchiveView:
+def assert_valid_archive(path) -> ArchiveView:
     """Everything a finished archive must satisfy: ``lindifuse check`` clean, the index agrees
     with the tar headers (per tarfile and GNU tar), every ``./`` reference inside its member."""
-    assert_check_clean(path, allow_unreferenced=allow_unreferenced)
+    assert_check_clean(path)
     view = ArchiveView(path)
     if view.kind == "tar":
         names = tar_list(path)
