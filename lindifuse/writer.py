@@ -247,16 +247,17 @@ class Writer:
                 return  # unlinked meanwhile
             gen = st.gen
             st.busy = True
-            try:
-                data = await trio.to_thread.run_sync(st.read_all)
-                key = node.key
+            key = node.key
+
+            def store() -> Any:  # in one worker thread: read the file, append it if a blob
+                data = st.read_all()
                 if tarfmt.lindi_inline_rule(key, len(data)):
-                    value: Any = tarfmt.inline_value(key, data, exact=True)
-                else:
-                    member = await trio.to_thread.run_sync(
-                        self.archive.append_blob, "blobs/" + key, data
-                    )
-                    value = ["./" + member.name, 0, len(data)]
+                    return tarfmt.inline_value(key, data, exact=True)
+                member = self.archive.append_blob("blobs/" + key, data)
+                return ["./" + member.name, 0, len(data)]
+
+            try:
+                value = await trio.to_thread.run_sync(store)
             finally:
                 st.busy = False
                 if st.closing:
