@@ -1,7 +1,8 @@
 """Writes on a writable mount: staging, committing into the archive, batched durable flushes.
 
-A file opened for writing is *staged* in an anonymous temporary file next to the archive (same
-file system, so large writes never sit in RAM). Its content is *committed* into the archive when
+A file opened for writing is *staged*: in memory while it is small (up to 8 MiB, 256 MiB for all
+files at once), else in an anonymous temporary file next to the archive (same file system, so
+large writes never sit in RAM). Its content is *committed* into the archive when
 it is renamed (zarr-python writes ``key.<uuid>.partial`` then renames it over ``key``: committing
 at rename names the blob after the final key), on fsync, on the flush timer once it is closed, and
 at unmount. Committing appends a ``blobs/<key>`` member (or keeps small content and metadata
@@ -36,13 +37,54 @@ fsync), so that write-temp-then-rename (zarr's ``key.<uuid>.partial``) commits i
 under its final name."""
 
 
+MEMORY_FILE_MAX = 8 * 2**20
+"""A file is staged in memory while it is at most this big (zarr chunks, metadata)..."""
+MEMORY_BUDGET = 256 * 2**20
+"""... and while all files staged in memory hold at most this much; beyond, a temporary file."""
+
+
+class Budget:
+    """Bytes staged in memory by all files of a mount (touched on the trio thread only)."""
+
+    __slots__ = ("used", "limit")
+
+    def __init__(self, limit: int = MEMORY_BUDGET) -> None:
+        self.used = 0
+        self.limit = limit
+
+
 class Staged:
-    """Content of a file being written: a temporary file plus bookkeeping."""
+    """Content of a file being written, plus bookkeeping.
 
-    __slots__ = ("file", "size", "dirty", "opens", "gen", "busy", "closing", "closed_at")
+    Small files are kept in a ``bytearray`` (no temporary file to create, write, read back and
+    close: a zarr chunk costs one copy into memory and one append to the archive); a file that
+    grows past ``MEMORY_FILE_MAX`` (or past the mount's memory budget) is *spilled* into an
+    anonymous temporary file next to the archive and stays there. In memory, every change runs
+    on the trio thread (:meth:`in_memory`, :meth:`fits`); a file's reads and writes go to a
+    worker thread only once it is a temporary file. :meth:`read_all` may run in a worker thread
+    at any time (a commit): it sees a consistent snapshot (a spill fills the new file before
+    switching to it, and never changes the old buffer).
+    """
 
-    def __init__(self, directory: str) -> None:
-        self.file = tempfile.TemporaryFile(dir=directory, prefix=".lindifuse-")  # noqa: SIM115
+    __slots__ = (
+        "file",
+        "buf",
+        "budget",
+        "directory",
+        "size",
+        "dirty",
+        "opens",
+        "gen",
+        "busy",
+        "closing",
+        "closed_at",
+    )
+
+    def __init__(self, directory: str, budget: Budget | None = None) -> None:
+        self.directory = directory
+        self.budget = budget if budget is not None else Budget(0)
+        self.buf = bytearray()
+        self.file: Any = None
         self.size = 0
         self.dirty = False
         self.opens = 0
@@ -51,30 +93,96 @@ class Staged:
         self.closing = False  # dropped while busy: the commit closes it when done
         self.closed_at = 0.0  # monotonic time of the last close
 
+    @property
+    def in_memory(self) -> bool:
+        return self.file is None
+
+    def fits(self, end: int) -> bool:
+        """Can the in-memory content grow to ``end`` bytes?"""
+        grow = max(0, end - len(self.buf))
+        return end <= MEMORY_FILE_MAX and self.budget.used + grow <= self.budget.limit
+
+    def spill(self) -> None:
+        """Move the content into a temporary file (for good)."""
+        if self.file is not None:
+            return
+        f = tempfile.TemporaryFile(dir=self.directory, prefix=".lindifuse-")  # noqa: SIM115
+        view = memoryview(self.buf)
+        off = 0
+        while off < len(view):
+            off += os.pwrite(f.fileno(), view[off:], off)
+        view.release()
+        self.file = f  # first the filled file, then drop the buffer (see read_all)
+        self.budget.used -= len(self.buf)
+        self.buf = bytearray()
+
     def pwrite(self, off: int, buf: bytes) -> int:
-        n = os.pwrite(self.file.fileno(), buf, off)
+        """Write (in memory only when :meth:`fits`: else call it from a worker thread)."""
+        end = off + len(buf)
+        if self.file is None and not self.fits(end):
+            self.spill()
+        if self.file is None:
+            b = self.buf
+            cur = len(b)
+            if off > cur:  # a hole: zeros
+                b.extend(bytes(off - cur))
+                cur = off
+            data = memoryview(buf)
+            k = min(len(data), cur - off)
+            if k:
+                b[off : off + k] = data[:k]
+            if k < len(data):
+                b += data[k:]
+            self.budget.used += len(b) - cur
+            n = len(buf)
+        else:
+            n = os.pwrite(self.file.fileno(), buf, off)
         self.size = max(self.size, off + n)
         self.dirty = True
         self.gen += 1
         return n
 
     def pread(self, off: int, size: int) -> bytes:
-        return os.pread(self.file.fileno(), max(0, min(size, self.size - off)), off)
+        size = max(0, min(size, self.size - off))
+        if self.file is None:
+            return bytes(self.buf[off : off + size])
+        return os.pread(self.file.fileno(), size, off)
 
     def truncate(self, size: int) -> None:
-        os.ftruncate(self.file.fileno(), size)
+        if self.file is None and not self.fits(size):
+            self.spill()
+        if self.file is None:
+            cur = len(self.buf)
+            if size < cur:
+                del self.buf[size:]
+            else:
+                self.buf.extend(bytes(size - cur))
+            self.budget.used += size - cur
+        else:
+            os.ftruncate(self.file.fileno(), size)
         self.size = size
         self.dirty = True
         self.gen += 1
 
     def read_all(self) -> bytes:
-        return os.pread(self.file.fileno(), self.size, 0)
+        buf, f = self.buf, self.file  # buffer first: a spill sets the file before the buffer
+        if f is None:
+            return bytes(buf)
+        return os.pread(f.fileno(), self.size, 0)
+
+    def release(self) -> None:
+        """Free the content now."""
+        if self.file is not None:
+            self.file.close()
+        else:
+            self.budget.used -= len(self.buf)
+            self.buf = bytearray()
 
     def close(self) -> None:
         if self.busy:
             self.closing = True
         else:
-            self.file.close()
+            self.release()
 
 
 class Writer:
@@ -99,6 +207,7 @@ class Writer:
         self.staging_dir = staging_dir
         self.flush_interval = flush_interval
         self.staged: dict[int, Staged] = {}
+        self.budget = Budget()
         self.refs_dirty = False
         self.lock = trio.Lock()  # serializes archive I/O (one writer thread at a time)
         self.commits = 0
@@ -107,7 +216,7 @@ class Writer:
     # -- staging ----------------------------------------------------------------------------
 
     def new_file(self, node: Node) -> Staged:
-        st = Staged(self.staging_dir)
+        st = Staged(self.staging_dir, self.budget)
         st.dirty = True  # an empty new file is content too
         self.staged[node.inode] = st
         return st
@@ -119,7 +228,7 @@ class Writer:
             if truncate and st.size:
                 st.truncate(0)
             return st
-        st = Staged(self.staging_dir)
+        st = Staged(self.staging_dir, self.budget)
         if truncate:
             st.dirty = True
         elif node.key in self.refs:
@@ -127,7 +236,7 @@ class Writer:
             off = 0
             while off < size:
                 data = await self.content.read(node, off, min(COPY_BLOCK, size - off))
-                await trio.to_thread.run_sync(st.pwrite, off, data)
+                await self._pwrite(st, off, data)
                 off += len(data)
             st.dirty = False
         self.staged[node.inode] = st
@@ -142,10 +251,20 @@ class Writer:
         st = self.staged.get(node.inode)
         if st is None:
             return None
+        if st.in_memory:
+            return st.pread(off, size)
         return await trio.to_thread.run_sync(st.pread, off, size)
 
     async def write(self, node: Node, off: int, buf: bytes) -> int:
         st = await self.ensure_staged(node)
+        return await self._pwrite(st, off, buf)
+
+    @staticmethod
+    async def _pwrite(st: Staged, off: int, buf: bytes) -> int:
+        if st.in_memory and not st.fits(off + len(buf)):
+            st.spill()  # on the trio thread: in-memory content is only touched there
+        if st.in_memory:
+            return st.pwrite(off, buf)  # a memory copy: no worker-thread round trip
         return await trio.to_thread.run_sync(st.pwrite, off, buf)
 
     async def truncate(self, node: Node, size: int) -> None:
@@ -261,7 +380,7 @@ class Writer:
             finally:
                 st.busy = False
                 if st.closing:
-                    st.file.close()
+                    st.release()
             if node.inode not in self.tree.nodes:
                 return  # unlinked meanwhile: the appended blob stays unreferenced
             self.refs[node.key] = value  # its current name, if it was renamed meanwhile
