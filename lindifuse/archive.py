@@ -56,6 +56,8 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any, Protocol, runtime_checkable
 
+import orjson
+
 from . import tarfmt
 from .errors import FormatError, SourceError
 from .tarfmt import (
@@ -171,8 +173,8 @@ def referenced_members(rfs: dict[str, Any]) -> dict[str, int]:
 
 def _load_rfs(raw: bytes, where: str) -> dict[str, Any]:
     try:
-        rfs = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        rfs = orjson.loads(raw)
+    except orjson.JSONDecodeError:
         raise FormatError(f"{where}: lindi.json is not valid JSON") from None
     if not isinstance(rfs, dict) or not isinstance(rfs.get("refs"), dict):
         raise FormatError(f"{where}: lindi.json has no 'refs' object")

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin
 
+import orjson
 import trio
 
 from . import tarfmt
@@ -78,7 +79,13 @@ class Container:
         return Location(path, False)
 
 
-def _parse_json(raw: bytes, where: str) -> Any:
+def parse_json(raw: bytes, where: str) -> Any:
+    """Parse a reference file: orjson (about twice as fast as json on multi-megabyte files);
+    on failure, json once more for a message with line and column."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass
     try:
         return json.loads(raw)
     except UnicodeDecodeError:
@@ -87,11 +94,13 @@ def _parse_json(raw: bytes, where: str) -> Any:
         raise FormatError(
             f"{where}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"
         ) from None
+    except ValueError as e:  # e.g. numbers json accepts but orjson does not
+        raise FormatError(f"{where}: invalid JSON: {e}") from None
 
 
 async def _rset_from_bytes(raw: bytes, where: str) -> ReferenceSet:
     def parse() -> ReferenceSet:
-        return ReferenceSet.from_json(_parse_json(raw, where), where)
+        return ReferenceSet.from_json(parse_json(raw, where), where)
 
     if len(raw) > 1_000_000:
         return await trio.to_thread.run_sync(parse)

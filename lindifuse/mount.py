@@ -21,8 +21,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import trio
-
 from .errors import LindiError, SourceError
 
 log = logging.getLogger("lindifuse")
@@ -137,6 +135,7 @@ def _check_mountpoint(mp: str) -> None:
 async def serve(opts: MountOptions) -> int:
     """Run the daemon in the current process until unmounted; returns the exit status."""
     import pyfuse3
+    import trio
 
     from .daemon import build_filesystem
 
@@ -206,6 +205,8 @@ async def serve(opts: MountOptions) -> int:
 
 
 async def _watch_signals(pyfuse3: Any) -> None:
+    import trio
+
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for sig in signals:
             log.info("signal %d: unmounting", sig)
@@ -214,6 +215,8 @@ async def _watch_signals(pyfuse3: Any) -> None:
 
 
 def run_foreground(opts: MountOptions) -> int:
+    import trio  # here, not at the top: `lindifuse mount` without -f never needs it
+
     setup_logging(opts.log_file, opts.log_level)
     status = trio.run(serve, opts)
     # Everything is flushed and closed: skip freeing millions of objects one by one.
