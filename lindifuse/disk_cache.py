@@ -47,7 +47,7 @@ import sqlite3
 import threading
 import time
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +60,7 @@ INLINE_MAX = 32 * 1024  # values up to this size are stored in the index row
 DEFAULT_MAX = 10 * 2**30
 EVICT_TO = 0.9  # evict down to this fraction of max_bytes
 ATIME_FLUSH_SECONDS = 2.0
+WRITE_BEHIND_QUIET = 0.1  # seconds without new entries before queued ones are written
 ORPHAN_AGE = 3600.0  # content files with no row and older than this are deleted on open
 
 _SCHEMA = """
@@ -410,15 +411,32 @@ class DiskCache:
                     db.close()
 
 
+def _batches(items: list[tuple[str, str, bytes]]) -> Iterator[list[tuple[str, str, bytes]]]:
+    """Split queued entries into transactions of at most 4096 entries or 64 MiB."""
+    part: list[tuple[str, str, bytes]] = []
+    nbytes = 0
+    for it in items:
+        part.append(it)
+        nbytes += len(it[2])
+        if len(part) >= 4096 or nbytes >= 64 * 2**20:
+            yield part
+            part, nbytes = [], 0
+    if part:
+        yield part
+
+
 class AsyncDiskCache:
     """Trio front of a DiskCache: reads in worker threads, writes queued to one writer thread.
 
     ``put`` never blocks the trio loop for long: it queues the entry (visible to ``get`` at once)
-    and waits only when more than ``max_pending`` bytes are queued. ``aclose`` commits whatever
-    is queued before returning, so an unmount persists everything that was fetched.
+    and waits only when more than ``max_pending`` bytes are queued. Writing is behind: the
+    writer thread (at a lower CPU priority) waits for a quiet gap in the fetches, or for half
+    of ``max_pending`` to be queued, so that storing does not compete with a burst of reads.
+    ``aclose`` commits whatever is queued before returning, so an unmount persists everything
+    that was fetched.
     """
 
-    def __init__(self, store: DiskCache, *, max_pending: int = 64 * 2**20) -> None:
+    def __init__(self, store: DiskCache, *, max_pending: int = 256 * 2**20) -> None:
         self.store = store
         self.stats = store.stats
         self.max_pending = max_pending
@@ -470,12 +488,22 @@ class AsyncDiskCache:
             except queue.Empty:
                 self.store.flush_touched()
                 continue
+            # Write-behind: keep collecting while fetches keep coming (they compete with the
+            # writing for the CPU), until a quiet gap, or half the pending budget is queued.
             batch = []
             stop = item is None
             if item is not None:
                 batch.append(item)
-            nbytes = len(item[2]) if item else 0
-            while not stop and len(batch) < 4096 and nbytes < 64 * 2**20:
+            while not stop and self._pending_bytes < self.max_pending // 2:
+                try:
+                    nxt = self._queue.get(timeout=WRITE_BEHIND_QUIET)
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                batch.append(nxt)
+            while not stop:  # and whatever else is queued now
                 try:
                     nxt = self._queue.get_nowait()
                 except queue.Empty:
@@ -484,14 +512,13 @@ class AsyncDiskCache:
                     stop = True
                     break
                 batch.append(nxt)
-                nbytes += len(nxt[2])
-            if batch:
+            for part in _batches(batch):
                 try:
-                    self.store.put_many(batch)
+                    self.store.put_many(part)
                 except Exception:
-                    log.exception("disk cache: writing %d entries failed", len(batch))
+                    log.exception("disk cache: writing %d entries failed", len(part))
                 with self._cond:
-                    for key, _, data in batch:
+                    for key, _, data in part:
                         if self._pending.pop(key, None) is not None:
                             self._pending_bytes -= len(data)
                     self._cond.notify_all()
