@@ -37,6 +37,9 @@ fsync), so that write-temp-then-rename (zarr's ``key.<uuid>.partial``) commits i
 under its final name."""
 
 
+MAX_BACKGROUND = 32
+"""Commits started by renames that may be pending at once; beyond, a rename waits for its own
+commit (so staged files do not pile up when the archive cannot keep up)."""
 MEMORY_FILE_MAX = 8 * 2**20
 """A file is staged in memory while it is at most this big (zarr chunks, metadata)..."""
 MEMORY_BUDGET = 256 * 2**20
@@ -212,6 +215,8 @@ class Writer:
         self.lock = trio.Lock()  # serializes archive I/O (one writer thread at a time)
         self.commits = 0
         self.flushes = 0
+        self._nursery: trio.Nursery | None = None  # run_timer's: runs commits started by renames
+        self._background = 0
 
     # -- staging ----------------------------------------------------------------------------
 
@@ -329,11 +334,32 @@ class Writer:
                 self._invalidate(node)
 
     async def commit_after_rename(self, node: Node) -> None:
-        """Commit closed staged files that a rename just gave their final name."""
+        """Commit closed staged files that a rename just gave their final name.
+
+        The commits run in the background and the rename returns at once: the kernel
+        serializes the creates and renames of a directory, so a rename waiting for the copy
+        into the archive held up every writer of that directory (zarr-python writes each chunk
+        as ``key.<uuid>.partial`` and renames it, several at a time). Until its commit is done
+        the file stays staged (readable, sized); fsync, the flush timer and unmount commit
+        whatever is still pending. With ``MAX_BACKGROUND`` commits pending, or without the
+        background task (not mounted), the rename waits for the commit.
+        """
         for n in [node] if node.children is None else list(self.tree.walk_files(node)):
             st = self.staged.get(n.inode)
             if st is not None and st.opens == 0 and st.dirty:
-                await self.commit(n)
+                if self._nursery is not None and self._background < MAX_BACKGROUND:
+                    self._background += 1
+                    self._nursery.start_soon(self._commit_in_background, n)
+                else:
+                    await self.commit(n)
+
+    async def _commit_in_background(self, node: Node) -> None:
+        try:
+            await self.commit(node)
+        except Exception:
+            log.exception("commit of %s failed; the flush timer will retry", node.key)
+        finally:
+            self._background -= 1
 
     def linked(self, src: Node, dst: Node) -> None:
         """``dst`` is a new name for ``src``'s content (a copy of its reference)."""
@@ -428,14 +454,23 @@ class Writer:
         await self.flush(durable=True, quiet=QUIET)
 
     async def run_timer(self) -> None:
-        """Background task: flush every ``flush_interval`` seconds while there is work."""
-        while True:
-            await trio.sleep(self.flush_interval)
-            if self.refs_dirty or any(s.dirty and s.opens == 0 for s in self.staged.values()):
-                try:
-                    await self.flush(durable=True, quiet=QUIET)
-                except Exception:
-                    log.exception("periodic flush failed; will retry")
+        """Background task: flush every ``flush_interval`` seconds while there is work, and
+        run the commits started by renames. Cancelled at unmount; :meth:`close` then commits
+        whatever is left (a commit cancelled while waiting for the lock left its file dirty)."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            try:
+                while True:
+                    await trio.sleep(self.flush_interval)
+                    if self.refs_dirty or any(
+                        s.dirty and s.opens == 0 for s in self.staged.values()
+                    ):
+                        try:
+                            await self.flush(durable=True, quiet=QUIET)
+                        except Exception:
+                            log.exception("periodic flush failed; will retry")
+            finally:
+                self._nursery = None
 
     async def close(self) -> None:
         """Final flush at unmount: every file, open or not, is committed."""
