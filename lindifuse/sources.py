@@ -10,10 +10,13 @@ the right bytes (sliced), never the wrong ones.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import logging
 import os
 import re
+import ssl
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
@@ -51,12 +54,13 @@ class HttpStats:
             del self.latencies[:5000]
 
 
-def _validator_of(resp: httpx.Response) -> str | None:
-    """The object's version as the server names it: its ETag, else its Last-Modified."""
-    etag = resp.headers.get("etag")
+def _validator_of(headers: Mapping[str, str]) -> str | None:
+    """The object's version as the server names it: its ETag, else its Last-Modified.
+    ``headers``: httpx's case-insensitive headers, or a dict with lower-case names."""
+    etag = headers.get("etag")
     if etag:
         return "etag:" + etag.strip()
-    lm = resp.headers.get("last-modified")
+    lm = headers.get("last-modified")
     if lm:
         return "lm:" + lm.strip()
     return None
@@ -64,6 +68,99 @@ def _validator_of(resp: httpx.Response) -> str | None:
 
 def _host_of(url: str) -> str:
     return urlsplit(url).netloc.lower()
+
+
+BULK_MIN = 256 * 2**10
+
+
+class _BulkPool:
+    """Keep-alive ``http.client`` connections used from worker threads for large ranges.
+
+    The body of a range response is received with ``readinto`` straight into one buffer of the
+    announced size: the socket reads run without the GIL and without per-piece Python work, so
+    the transfer of a cold read proceeds on another core while the trio thread answers the
+    kernel. A reused connection that the server has meanwhile closed is replaced once,
+    silently; every other failure is the caller's to retry.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._idle: dict[tuple[str, str], list[http.client.HTTPConnection]] = {}
+        self._lock = threading.Lock()
+        self._ssl: ssl.SSLContext | None = None
+
+    def _connect(self, scheme: str, netloc: str) -> http.client.HTTPConnection:
+        if scheme == "https":
+            if self._ssl is None:
+                try:
+                    import certifi
+
+                    self._ssl = ssl.create_default_context(cafile=certifi.where())
+                except ImportError:
+                    self._ssl = ssl.create_default_context()
+            return http.client.HTTPSConnection(netloc, timeout=self.timeout, context=self._ssl)
+        return http.client.HTTPConnection(netloc, timeout=self.timeout)
+
+    def fetch(
+        self, url: str, headers: dict[str, str], size: int
+    ) -> tuple[int, dict[str, str], bytes, str]:
+        """(status, lower-cased headers, body, reason) of a GET of ``url`` (blocking)."""
+        parts = urlsplit(url)
+        key = (parts.scheme, parts.netloc)
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        hdrs = {"User-Agent": f"lindifuse/{__version__}", **headers}
+        for fresh in (False, True):
+            conn = None
+            if not fresh:
+                with self._lock:
+                    idle = self._idle.get(key)
+                    conn = idle.pop() if idle else None
+            reused = conn is not None
+            if conn is None:
+                conn = self._connect(*key)
+            try:
+                conn.request("GET", path, headers=hdrs)
+                resp = conn.getresponse()
+            except (http.client.RemoteDisconnected, ConnectionError):
+                conn.close()
+                if reused:
+                    continue  # the server closed an idle keep-alive connection: once more
+                raise
+            except BaseException:
+                conn.close()
+                raise
+            try:
+                rh = {k.lower(): v for k, v in resp.getheaders()}
+                if resp.status == 206 and resp.length == size and not resp.chunked:
+                    buf = bytearray(size)
+                    view = memoryview(buf)
+                    got = 0
+                    while got < size:
+                        n = resp.readinto(view[got:])
+                        if not n:
+                            raise http.client.IncompleteRead(bytes(view[:got]), size - got)
+                        got += n
+                    body = bytes(buf)
+                else:
+                    body = resp.read()
+            except BaseException:
+                conn.close()
+                raise
+            if resp.will_close:
+                conn.close()
+            else:
+                with self._lock:
+                    self._idle.setdefault(key, []).append(conn)
+            return resp.status, rh, body, resp.reason or ""
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        with self._lock:
+            conns = [c for cs in self._idle.values() for c in cs]
+            self._idle.clear()
+        for c in conns:
+            with contextlib.suppress(OSError):
+                c.close()
 
 
 class HttpClient:
@@ -84,8 +181,13 @@ class HttpClient:
         max_connections: int = 32,
         per_host: int = 16,
         dandi: DandiResolver | None = None,
+        bulk_min: int | None = BULK_MIN,
     ) -> None:
         self.retries = retries
+        # Ranges of at least bulk_min bytes are received by blocking connections in worker
+        # threads (None: never), everything else by the pooled async client.
+        self.bulk_min = bulk_min or 0
+        self._bulk = _BulkPool(timeout) if bulk_min is not None else None
         self.backoff = backoff
         self.stats = HttpStats()
         self.per_host = per_host
@@ -106,6 +208,8 @@ class HttpClient:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+        if self._bulk is not None:
+            self._bulk.close()
 
     # -- DANDI asset URLs --------------------------------------------------------------------
 
@@ -203,21 +307,79 @@ class HttpClient:
             target = await self._physical(url)
             resp = await self._send(target, {**headers, **self.dandi.auth_headers(target)}, method)
         if resp.status_code in (200, 206):
-            self._note(url, resp)
+            self._note(url, resp.status_code, resp.headers)
         return resp
 
-    def _note(self, url: str, resp: httpx.Response) -> None:
+    def _note(self, url: str, status: int, headers: Mapping[str, str]) -> None:
         """Remember the first validator and the size a response reveals for ``url``."""
         if url not in self.validators:
-            self.validators[url] = _validator_of(resp)
+            self.validators[url] = _validator_of(headers)
         if url not in self.sizes:
-            if resp.status_code == 206:
-                m = _CONTENT_RANGE_RE.fullmatch(resp.headers.get("content-range", "").strip())
+            if status == 206:
+                m = _CONTENT_RANGE_RE.fullmatch(headers.get("content-range", "").strip())
                 if m and m.group(3) != "*":
                     self.sizes[url] = int(m.group(3))
-            elif "content-length" in resp.headers:
+            elif "content-length" in headers:
                 with contextlib.suppress(ValueError):
-                    self.sizes[url] = int(resp.headers["content-length"])
+                    self.sizes[url] = int(headers["content-length"])
+
+    # -- large ranges: blocking connections in worker threads ----------------------------------
+
+    async def _bulk_request(
+        self, url: str, offset: int, size: int
+    ) -> tuple[int, Mapping[str, str], bytes, str] | None:
+        """A large range request sent from a worker thread (see :class:`_BulkPool`), with the
+        same retries, DANDI resolution and per-host bound as every other request. None when
+        the answer is a redirect: the caller then uses the pooled async client, which follows
+        it."""
+        target = await self._physical(url)
+        rng = {"Range": f"bytes={offset}-{offset + size - 1}"}
+        status, headers, body, reason = await self._bulk_send(
+            target, {**rng, **self.dandi.auth_headers(target)}, size
+        )
+        if status == 403 and target != url:
+            self.dandi.stats.forbidden += 1
+            self.dandi.forget(url)
+            target = await self._physical(url)
+            status, headers, body, reason = await self._bulk_send(
+                target, {**rng, **self.dandi.auth_headers(target)}, size
+            )
+        if 300 <= status < 400:
+            return None
+        if status in (200, 206):
+            self._note(url, status, headers)
+        return status, headers, body, reason
+
+    async def _bulk_send(
+        self, url: str, headers: dict[str, str], size: int
+    ) -> tuple[int, Mapping[str, str], bytes, str]:
+        attempt = 0
+        while True:
+            t0 = trio.current_time()
+            self.stats.requests += 1
+            try:
+                async with self._limit(url):
+                    got = await trio.to_thread.run_sync(
+                        self._bulk.fetch, url, headers, size, abandon_on_cancel=True
+                    )
+            except (OSError, http.client.HTTPException) as e:
+                cause = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+                if attempt >= self.retries:
+                    self.stats.errors += 1
+                    raise RefError(f"{url}: {cause} (after {attempt + 1} attempts)") from None
+            else:
+                self.stats.record_latency(trio.current_time() - t0)
+                status = got[0]
+                if status < 500 and status != 429:
+                    return got
+                cause = f"HTTP {status}"
+                if attempt >= self.retries:
+                    self.stats.errors += 1
+                    raise RefError(f"{url}: {cause} (after {attempt + 1} attempts)")
+            attempt += 1
+            self.stats.retries += 1
+            log.warning("%s: %s, retry %d/%d", url, cause, attempt, self.retries)
+            await trio.sleep(self.backoff * (2 ** (attempt - 1)))
 
     async def validator(self, url: str) -> str | None:
         """The validator of ``url`` for this mount: known from an earlier response, else probed
@@ -250,14 +412,19 @@ class HttpClient:
         if size == 0:
             return b"", self.validators.get(url)
         end = offset + size - 1
-        resp = await self._request(url, {"Range": f"bytes={offset}-{end}"})
-        body = resp.content
-        if resp.status_code == 206:
-            m = _CONTENT_RANGE_RE.fullmatch(resp.headers.get("content-range", "").strip())
+        got = None
+        if self._bulk is not None and size >= self.bulk_min:
+            got = await self._bulk_request(url, offset, size)
+        if got is None:
+            resp = await self._request(url, {"Range": f"bytes={offset}-{end}"})
+            got = (resp.status_code, resp.headers, resp.content, resp.reason_phrase)
+        status, headers, body, reason = got
+        if status == 206:
+            m = _CONTENT_RANGE_RE.fullmatch(headers.get("content-range", "").strip())
             if not m or int(m.group(1)) != offset:
                 self.stats.errors += 1
                 raise RefError(
-                    f"{url}: bad Content-Range {resp.headers.get('content-range')!r} "
+                    f"{url}: bad Content-Range {headers.get('content-range')!r} "
                     f"for bytes {offset}-{end}"
                 )
             if len(body) != size:
@@ -267,8 +434,8 @@ class HttpClient:
                     f"{url}: range {offset}-{end} runs past the end of the object (size {total})"
                 )
             self.stats.bytes += len(body)
-            return body, _validator_of(resp)
-        if resp.status_code == 200:
+            return body, _validator_of(headers)
+        if status == 200:
             # The server ignored Range: the body is the whole object; slice it.
             self.stats.full_body_fallbacks += 1
             self.stats.bytes += len(body)
@@ -277,11 +444,11 @@ class HttpClient:
                     f"{url}: range {offset}-{end} runs past the end of the object "
                     f"(size {len(body)})"
                 )
-            return body[offset : offset + size], _validator_of(resp)
+            return body[offset : offset + size], _validator_of(headers)
         self.stats.errors += 1
-        if resp.status_code == 416:
+        if status == 416:
             raise RefError(f"{url}: range {offset}-{end} not satisfiable (HTTP 416)")
-        raise RefError(f"{url}: HTTP {resp.status_code} {resp.reason_phrase}".rstrip())
+        raise RefError(f"{url}: HTTP {status} {reason}".rstrip())
 
     async def get_all(self, url: str) -> bytes:
         """The whole object (used for a remote lindi.json)."""

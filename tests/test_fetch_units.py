@@ -256,3 +256,38 @@ def test_http_client_resolves_dandi_urls_once(tmp_path):
         assert all("X-Amz-Signature" in r.query for r in s3.log)
         assert http.dandi.stats.forbidden == 1
         assert http.validators[asset]  # validators are keyed by the stable asset URL
+
+
+def test_large_ranges_through_worker_threads_retry_and_fall_back(http_server):
+    """Ranges of at least 256 KiB go through blocking connections in worker threads: the same
+    checks, retries and fallbacks as the async client."""
+    data, url = _serve_blob(http_server, 3 << 20)
+    srv = http_server
+    size = 1 << 20
+
+    async def main():
+        http = HttpClient(retries=3, backoff=0.01)
+        out = []
+        out.append(await http.get_range(url, 5, size))  # plain
+        srv.fail_next("blob.bin", 500, 2)
+        out.append(await http.get_range(url, size, size))  # two 500s, then served
+        srv.fail_next("blob.bin", "truncate")
+        out.append(await http.get_range(url, 2 * size, size))  # half a body: retried
+        srv.fail_next("blob.bin", "reset")
+        out.append(await http.get_range(url, 7, size))  # connection closed: retried
+        srv.ignore_range.add("blob.bin")
+        out.append(await http.get_range(url, 11, size))  # 200 with the whole body: sliced
+        srv.ignore_range.discard("blob.bin")
+        srv.add_redirect("moved.bin", "blob.bin?X-Sig=1")
+        out.append(await http.get_range(srv.url("moved.bin"), 13, size))  # redirect: followed
+        with pytest.raises(Exception) as e:
+            await http.get_range(url, len(data) - 10, size)  # past the end
+        await http.aclose()
+        return out, http.stats, str(e.value)
+
+    out, stats, err = trio.run(main)
+    offsets = [5, size, 2 * size, 7, 11, 13]
+    assert out == [data[o : o + size] for o in offsets]
+    # (the reset hit a reused keep-alive connection: replaced at once, not counted as a retry)
+    assert stats.retries >= 3 and stats.full_body_fallbacks == 1
+    assert "blob.bin" in err and "\n" not in err
