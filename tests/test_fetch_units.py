@@ -291,3 +291,27 @@ def test_large_ranges_through_worker_threads_retry_and_fall_back(http_server):
     # (the reset hit a reused keep-alive connection: replaced at once, not counted as a retry)
     assert stats.retries >= 3 and stats.full_body_fallbacks == 1
     assert "blob.bin" in err and "\n" not in err
+
+
+def test_large_ranges_of_dandi_assets(tmp_path):
+    from httpserver import RangeServer
+
+    (tmp_path / "s3").mkdir()
+    (tmp_path / "api").mkdir()
+    data = os.urandom(2 << 20)
+    (tmp_path / "s3" / "big.bin").write_bytes(data)
+    with RangeServer(tmp_path / "s3") as s3, RangeServer(tmp_path / "api") as api:
+        api.add_redirect("api/assets/b2/download/", s3.url("big.bin?Expires=9999999999&Sig=x"))
+        asset = api.url("api/assets/b2/download/")
+
+        async def main():
+            http = HttpClient(dandi=DandiResolver((f"127.0.0.1:{api.port}",), "K"))
+            a = await http.get_range(asset, 0, 1 << 20)
+            s3.fail_next("big.bin", 403)
+            b = await http.get_range(asset, 1 << 20, 1 << 20)
+            await http.aclose()
+            return a + b
+
+        assert trio.run(main) == data
+        assert api.count() == 2 and all(r.authorization == "token K" for r in api.log)
+        assert all(r.authorization is None for r in s3.log)
