@@ -1,16 +1,17 @@
 """Write-path benchmarks of lindifuse: zarr-python 3 writing into a writable mount of a
 ``.lindi.tar``, side by side with the same writes into a local directory, in one run.
 
-    .venv/bin/python benchmarks/bench_write.py            # full run (~3-5 min), updates RESULTS.md
+    .venv/bin/python benchmarks/bench_write.py            # full run (~3 min), updates RESULTS.md
     .venv/bin/python benchmarks/bench_write.py --quick    # 2,000 files / 64 MiB smoke test
 
 Parts (``--only`` picks some):
 
 small   20,000 chunk files of 2 KiB (a float64 zarr array, 256 values per chunk, no
-        compressor: every chunk a ``blobs/`` member) written in 10 slices of 2,000 chunks;
-        seconds per slice (the aim: the last slice no slower than 1.5x the first, i.e. a
-        commit does not get slower as lindi.json grows), the daemon's commit and flush
-        counts, and the archive's make-up; the same array into a local directory for scale.
+        compressor: every chunk a ``blobs/`` member) written in 10 slices of 2,000 chunks,
+        ``--reps`` times on fresh archives; seconds per slice (the aim: the last slice no
+        slower than 1.5x the first, medians over the runs, i.e. a commit does not get slower
+        as lindi.json grows), the daemon's commit and flush counts, and the archive's
+        make-up; the same array into a local directory for scale.
 big     a 1 GiB float32 array in 1 MiB uncompressed chunks, written by zarr into the mount
         and into a local directory on the same file system (alternating, ``--reps`` times,
         fresh archive and directory each time); seconds until zarr returns and until the data
@@ -231,6 +232,7 @@ class Bench:
         self.logs.mkdir()
         self.r = Report()
         self._n = 0
+        self.nslices = 10
 
     def log_file(self, tag: str) -> Path:
         self._n += 1
@@ -250,16 +252,16 @@ class Bench:
 
     # small -----------------------------------------------------------------------------------
 
-    def part_small(self) -> None:
+    def small_run(self, rep: int) -> dict:
+        """One run of the small part on a fresh archive: per-slice seconds and writer stats."""
         import zarr
 
-        n, nslices, per = self.a.files, 10, 256
+        n, nslices, per = self.a.files, self.nslices, 256
         step = n // nslices
-        load0 = loadavg()
         archive = self.work / "small.lindi.tar"
         create_archive(archive)
-        rows, times, flushes = [], [], []
-        with writable_mount(archive, self.work / "mnt", self.log_file("small")) as m:
+        times, commits, flushes = [], [], []
+        with writable_mount(archive, self.work / "mnt", self.log_file(f"small{rep}")) as m:
             g = zarr.open_group(m.path, mode="a", zarr_format=2)
             arr = g.create_array(
                 "s", shape=(n * per,), chunks=(per,), dtype="<f8", compressors=None, fill_value=0
@@ -268,21 +270,12 @@ class Bench:
             for k in range(nslices):
                 t0 = time.perf_counter()
                 arr[k * step * per : (k + 1) * step * per] = small_values(k * step, step, per)
-                dt = time.perf_counter() - t0
+                times.append(time.perf_counter() - t0)
                 st = m.writer_stats()
-                times.append(dt)
+                commits.append(st["commits"] - prev["commits"])
                 flushes.append(st["flushes"] - prev["flushes"])
-                rows.append(
-                    [
-                        f"{k * step:,}-{(k + 1) * step - 1:,}",
-                        fmt(dt),
-                        f"{step / dt:,.0f}",
-                        str(st["commits"] - prev["commits"]),
-                        str(st["flushes"] - prev["flushes"]),
-                    ]
-                )
                 prev = st
-                print(f"  slice {k}: {dt:.2f}s, {st}", flush=True)
+            print(f"  run {rep}: " + " ".join(f"{t:.2f}" for t in times) + " s", flush=True)
             final = m.writer_stats()
             umount_s = m.umount()
         make = archive_makeup(archive)
@@ -292,6 +285,23 @@ class Bench:
             lambda i, c: small_values(i, 1, c),
             sorted({0, 1, n // 2, n - 2, n - 1}),
         )
+        archive.unlink()
+        return {
+            "times": times,
+            "commits": commits,
+            "flushes": flushes,
+            "final": final,
+            "umount": umount_s,
+            "make": make,
+        }
+
+    def part_small(self) -> None:
+        import zarr
+
+        n, nslices, per = self.a.files, self.nslices, 256
+        step = n // nslices
+        load0 = loadavg()
+        runs = [self.small_run(rep) for rep in range(self.a.reps)]
         # the same writes into a local directory, for scale
         local = self.work / "small-local.zarr"
         g = zarr.open_group(local, mode="w", zarr_format=2)
@@ -306,27 +316,45 @@ class Bench:
         shutil.rmtree(local)
         load1 = loadavg()
 
+        rows = []
+        for k in range(nslices):
+            ts = [r["times"][k] for r in runs]
+            rows.append(
+                [
+                    f"{k * step:,}-{(k + 1) * step - 1:,}",
+                    ", ".join(fmt(t) for t in ts),
+                    f"{step / B.median(ts):,.0f}",
+                    ", ".join(str(r["commits"][k]) for r in runs),
+                    ", ".join(str(r["flushes"][k]) for r in runs),
+                ]
+            )
         self.r.table(
-            f"{n:,} chunk files of {per * 8} bytes through the mount, {nslices} slices "
-            f"(zarr-python 3, `a[slice] = values`)",
-            ["chunks", "seconds", "chunks/s", "commits", "flushes"],
+            f"{n:,} chunk files of {per * 8} bytes through the mount in {nslices} slices "
+            f"(zarr-python 3, `a[slice] = values`, {len(runs)} runs on fresh archives)",
+            ["chunks", "seconds (each run)", "chunks/s (median)", "commits", "flushes"],
             rows,
         )
-        ratio = times[-1] / times[0]
+        first = B.median([r["times"][0] for r in runs])
+        last = B.median([r["times"][-1] for r in runs])
+        ratio = last / first
+        r0 = runs[0]
+        make = r0["make"]
         self.r.table(
-            f"{n:,} small chunk files: summary",
+            f"{n:,} small chunk files: summary (medians over the runs; archive of run 1)",
             ["figure", "value"],
             [
-                [f"first {step:,} chunks (s)", fmt(times[0])],
-                [f"last {step:,} chunks (s)", fmt(times[-1])],
-                ["last / first", fmt(ratio)],
-                ["total write (s)", fmt(sum(times))],
-                ["`lindifuse umount` (s, final flush)", fmt(umount_s)],
+                [f"first {step:,} chunks (s)", fmt(first)],
+                [f"last {step:,} chunks (s)", fmt(last)],
                 [
-                    "commits / flushes (whole run, before umount)",
-                    f"{final['commits']:,} / {final['flushes']}",
+                    "last / first (each run)",
+                    ", ".join(fmt(r["times"][-1] / r["times"][0]) for r in runs),
                 ],
-                ["flushes in the first / last slice", f"{flushes[0]} / {flushes[-1]}"],
+                ["total write (s)", fmt(B.median([sum(r["times"]) for r in runs]))],
+                ["`lindifuse umount` (s, final flush)", fmt(B.median([r["umount"] for r in runs]))],
+                [
+                    "commits / flushes before umount (each run)",
+                    ", ".join(f"{r['final']['commits']:,} / {r['final']['flushes']}" for r in runs),
+                ],
                 [
                     f"local directory: first / last {step:,} chunks (s)",
                     f"{fmt(local_times[0])} / {fmt(local_times[1])}",
@@ -343,10 +371,9 @@ class Bench:
         )
         self.r.aim(
             f"last {step:,} chunk writes <= 1.5x the first {step:,}",
-            f"{fmt(times[-1])} s vs {fmt(times[0])} s ({fmt(ratio)}x)",
+            f"{fmt(last)} s vs {fmt(first)} s ({fmt(ratio)}x, medians of {len(runs)} runs)",
             ratio <= 1.5,
         )
-        archive.unlink()
 
     # big -------------------------------------------------------------------------------------
 
@@ -484,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--files", type=int, default=None, help="small chunk files (20000)")
     p.add_argument("--size-mib", type=int, default=None, help="big array size (default 1024)")
     p.add_argument("--chunk-kib", type=int, default=1024, help="big array chunk (default 1024)")
-    p.add_argument("--reps", type=int, default=None, help="repetitions of big (default 3)")
+    p.add_argument("--reps", type=int, default=None, help="repetitions of each part (default 3)")
     p.add_argument(
         "--only", default=",".join(PARTS), help=f"comma-separated parts: {','.join(PARTS)}"
     )
