@@ -497,6 +497,11 @@ class Bench:
 
     def run(self) -> None:
         t0 = time.perf_counter()
+        self.r.note(
+            f"{os.cpu_count()} CPUs shared with other jobs (load average {loadavg()} at the "
+            "start; see the tables): figures of single runs vary by up to 2x, so every part is "
+            "repeated and judged on medians; the local directory runs alongside for scale."
+        )
         for part in self.a.only:
             print(f"\n== {part} ==", flush=True)
             tp = time.perf_counter()
