@@ -263,19 +263,8 @@ def verify_mount(
 # -- offline checks ----------------------------------------------------------------------------
 
 
-# A .lindi.d keeps the old blob file of an overwritten or deleted key (as a tar keeps the old
-# member), but `lindifuse check` reports such files as problems (a tar's unreferenced members
-# are not), so a .lindi.d that had a key overwritten is never "clean" until --repair, crash or
-# not. Tolerated after a clean unmount, and only for directories.
-DIR_LEFTOVER = re.compile(r": unreferenced file 'blobs/[^']*'$")
-
-
 def check_clean(archive: Path) -> None:
     res = run_cli("check", archive)
-    if res.rc != 0 and archive.is_dir():
-        lines = [x for x in res.stdout.splitlines() if x.strip()]
-        if lines and all(DIR_LEFTOVER.search(x) for x in lines):
-            return
     assert res.rc == 0, f"check not clean:\n{res.describe()}"
 
 
