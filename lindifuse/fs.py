@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 XATTR_REF = b"user.lindi.ref"
 XATTR_PID = b"user.lindifuse.pid"
 XATTR_STATS = b"user.lindifuse.stats"
+XATTR_FLUSH = b"user.lindifuse.flush"
 
 
 def _guarded(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
@@ -579,6 +580,15 @@ class WritableOperations(LindiOperations):
         raise pyfuse3.FUSEError(errno.EPERM)
 
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
+        if inode == pyfuse3.ROOT_INODE and name == XATTR_FLUSH:
+            # Control channel: `lindifuse umount` asks for a durable flush before unmounting, so
+            # that a failure is reported to it (the final flush after unmount has no caller).
+            try:
+                await self.writer.flush(durable=True)
+            except OSError as e:
+                log.error("requested flush failed: %s", e)
+                raise pyfuse3.FUSEError(errno.EIO) from None
+            return
         raise pyfuse3.FUSEError(errno.ENOTSUP)
 
     async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:

@@ -10,6 +10,7 @@ after ``lindifuse mount`` always works.
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
 import logging
 import os
@@ -296,6 +297,18 @@ def umount(mountpoint: str, *, lazy: bool = False, timeout: float = 120.0) -> in
     pid: int | None = None
     with contextlib.suppress(OSError, ValueError):
         pid = int(os.getxattr(mp, "user.lindifuse.pid"))
+    try:
+        # A writable mount commits everything durably now, while a failure can still be
+        # reported; read-only mounts answer EROFS (ENOTSUP from older daemons).
+        os.setxattr(mp, "user.lindifuse.flush", b"1")
+    except OSError as e:
+        if e.errno == errno.EIO:
+            print(
+                f"lindifuse: {mountpoint}: flushing pending writes failed (see the log); "
+                "still mounted",
+                file=sys.stderr,
+            )
+            return 1
     tool = shutil.which("fusermount3") or shutil.which("fusermount")
     cmd = (
         [tool, "-u", *(["-z"] if lazy else []), mp]

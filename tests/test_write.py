@@ -1049,3 +1049,19 @@ def test_kill_during_writes_then_recover(rw, mount):
     np.testing.assert_array_equal(x[0:10], np.zeros((10, 100)))
     m2.umount()
     assert_valid_archive(arch)
+
+
+def test_flush_control_commits_durably(rw, mount):
+    """The root's ``user.lindifuse.flush`` (what ``lindifuse umount`` sets first) commits every
+    closed file durably: it survives SIGKILL of the daemon right after."""
+    arch, m = rw("tar")
+    wbytes(m.path / "kept.bin", rnd(5000, seed=3))
+    os.setxattr(m.path, "user.lindifuse.flush", b"1")
+    m.kill()
+    m2 = mount(arch)
+    assert rbytes(m2.path / "kept.bin") == rnd(5000, seed=3)
+
+
+def test_flush_control_is_refused_on_read_only_mounts(new_archive, mount):
+    m = mount(new_archive("tar"), None, "--read-only")
+    assert errno_of(os.setxattr, m.path, "user.lindifuse.flush", b"1") == errno.EROFS
