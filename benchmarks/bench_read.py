@@ -1,6 +1,6 @@
 """Read-path benchmarks of lindifuse, side by side with raw reads, lindi and fsspec, in one run.
 
-    .venv/bin/python benchmarks/bench_read.py            # full run (~5-10 min), updates RESULTS.md
+    .venv/bin/python benchmarks/bench_read.py            # full run (~3-5 min), updates RESULTS.md
     .venv/bin/python benchmarks/bench_read.py --quick    # 32 MiB / 10k keys smoke test
 
 Parts (``--only`` picks some):
@@ -715,7 +715,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keys", type=int, default=None, help="keys of the walk source (100000)")
     p.add_argument("--scale-keys", type=int, default=None, help="keys of the scale source (1e6)")
     p.add_argument("--latency", type=float, default=0.02, help="seconds per HTTP request")
-    p.add_argument("--reps", type=int, default=None, help="repetitions (default 3)")
+    p.add_argument("--reps", type=int, default=None, help="repetitions (default 5)")
     p.add_argument("--walk-timeout", type=float, default=300.0, help="seconds (default 300)")
     p.add_argument(
         "--only", default=",".join(PARTS), help=f"comma-separated parts: {','.join(PARTS)}"
@@ -726,7 +726,7 @@ def main(argv: list[str] | None = None) -> int:
     args.size_mib = args.size_mib or (32 if q else 256)
     args.keys = args.keys or (10_000 if q else 100_000)
     args.scale_keys = args.scale_keys or (100_000 if q else 1_000_000)
-    args.reps = args.reps or (1 if q else 3)
+    args.reps = args.reps or (1 if q else 5)
     args.only = [x.strip() for x in args.only.split(",") if x.strip()]
     bad = [x for x in args.only if x not in PARTS]
     if bad:
