@@ -454,8 +454,8 @@ class WritableOperations(LindiOperations):
             log.error("write failed: %s", e)
             raise pyfuse3.FUSEError(errno.EIO) from None
 
-    async def flush(self, fh: int) -> None:
-        return None
+    # No flush(): pyfuse3's default answers ENOSYS, after which the kernel stops sending one on
+    # every close(2). Content is committed on rename, fsync, the timer and unmount instead.
 
     async def fsync(self, fh: int, datasync: bool) -> None:
         node = self._handle(fh)

@@ -1036,7 +1036,13 @@ def test_kill_during_writes_then_recover(rw, mount):
     t = threading.Thread(target=writer)
     t.start()
     try:
-        assert wait_until(lambda: arch.stat().st_size > 400_000, 20), "writes did not start"
+
+        def flushed_some() -> bool:
+            st = json.loads(os.getxattr(m.path, "user.lindifuse.stats"))
+            return arch.stat().st_size > 400_000 and st["writer"]["flushes"] >= 2
+
+        # Kill once batches of chunks have been committed (flushes run about once a second).
+        assert wait_until(flushed_some, 30), "writes did not start"
         m.kill()
     finally:
         stop.set()
