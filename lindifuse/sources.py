@@ -16,8 +16,9 @@ import os
 import re
 import ssl
 import threading
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 from urllib.parse import urljoin, urlsplit
 
 import httpx
@@ -26,6 +27,8 @@ import trio
 from . import __version__
 from .dandi import DandiResolver
 from .errors import RefError
+
+_R = TypeVar("_R")
 
 log = logging.getLogger(__name__)
 
@@ -263,36 +266,49 @@ class HttpClient:
             sem = self._host_limits[host] = trio.Semaphore(self.per_host)
         return sem
 
-    async def _send(
-        self, url: str, headers: dict[str, str], method: str = "GET", *, redirects: bool = True
-    ) -> httpx.Response:
-        """One request with retries on connection errors, timeouts and 5xx/429."""
+    async def _retrying(
+        self,
+        url: str,
+        attempt_once: Callable[[], Awaitable[_R]],
+        status_of: Callable[[_R], int],
+        transport_errors: tuple[type[BaseException], ...],
+    ) -> _R:
+        """Run ``attempt_once`` (one request, under the per-host bound) until it answers with a
+        status below 500 other than 429; retry connection errors, timeouts, 5xx and 429 with
+        exponential backoff, at most ``self.retries`` times; RefError when they run out."""
         attempt = 0
         while True:
             t0 = trio.current_time()
             self.stats.requests += 1
             try:
                 async with self._limit(url):
-                    resp = await self._client.request(
-                        method, url, headers=headers, follow_redirects=redirects
-                    )
-            except httpx.TransportError as e:
+                    got = await attempt_once()
+            except transport_errors as e:
                 cause = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-                if attempt >= self.retries:
-                    self.stats.errors += 1
-                    raise RefError(f"{url}: {cause} (after {attempt + 1} attempts)") from None
             else:
                 self.stats.record_latency(trio.current_time() - t0)
-                if resp.status_code < 500 and resp.status_code != 429:
-                    return resp
-                cause = f"HTTP {resp.status_code}"
-                if attempt >= self.retries:
-                    self.stats.errors += 1
-                    raise RefError(f"{url}: {cause} (after {attempt + 1} attempts)")
+                status = status_of(got)
+                if status < 500 and status != 429:
+                    return got
+                cause = f"HTTP {status}"
+            if attempt >= self.retries:
+                self.stats.errors += 1
+                raise RefError(f"{url}: {cause} (after {attempt + 1} attempts)")
             attempt += 1
             self.stats.retries += 1
             log.warning("%s: %s, retry %d/%d", url, cause, attempt, self.retries)
             await trio.sleep(self.backoff * (2 ** (attempt - 1)))
+
+    async def _send(
+        self, url: str, headers: dict[str, str], method: str = "GET", *, redirects: bool = True
+    ) -> httpx.Response:
+        """One request with retries on connection errors, timeouts and 5xx/429."""
+        return await self._retrying(
+            url,
+            lambda: self._client.request(method, url, headers=headers, follow_redirects=redirects),
+            lambda resp: resp.status_code,
+            (httpx.TransportError,),
+        )
 
     async def _request(
         self, url: str, headers: dict[str, str], method: str = "GET"
@@ -353,33 +369,14 @@ class HttpClient:
     async def _bulk_send(
         self, url: str, headers: dict[str, str], size: int
     ) -> tuple[int, Mapping[str, str], bytes, str]:
-        attempt = 0
-        while True:
-            t0 = trio.current_time()
-            self.stats.requests += 1
-            try:
-                async with self._limit(url):
-                    got = await trio.to_thread.run_sync(
-                        self._bulk.fetch, url, headers, size, abandon_on_cancel=True
-                    )
-            except (OSError, http.client.HTTPException) as e:
-                cause = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-                if attempt >= self.retries:
-                    self.stats.errors += 1
-                    raise RefError(f"{url}: {cause} (after {attempt + 1} attempts)") from None
-            else:
-                self.stats.record_latency(trio.current_time() - t0)
-                status = got[0]
-                if status < 500 and status != 429:
-                    return got
-                cause = f"HTTP {status}"
-                if attempt >= self.retries:
-                    self.stats.errors += 1
-                    raise RefError(f"{url}: {cause} (after {attempt + 1} attempts)")
-            attempt += 1
-            self.stats.retries += 1
-            log.warning("%s: %s, retry %d/%d", url, cause, attempt, self.retries)
-            await trio.sleep(self.backoff * (2 ** (attempt - 1)))
+        return await self._retrying(
+            url,
+            lambda: trio.to_thread.run_sync(
+                self._bulk.fetch, url, headers, size, abandon_on_cancel=True
+            ),
+            lambda got: got[0],
+            (OSError, http.client.HTTPException),
+        )
 
     async def validator(self, url: str) -> str | None:
         """The validator of ``url`` for this mount: known from an earlier response, else probed
