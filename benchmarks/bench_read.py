@@ -102,6 +102,15 @@ def fmt(x: float | None, nd: int = 2) -> str:
     return f"{x:.{nd}f}"
 
 
+def spread(xs: list[float], nd: int = 2) -> str:
+    """Median and, with several runs, the range: ``0.88 (0.80-0.95)``."""
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return "n/a"
+    med = f"{B.median(xs):.{nd}f}"
+    return med if len(xs) < 2 else f"{med} ({min(xs):.{nd}f}-{max(xs):.{nd}f})"
+
+
 def aim(ok: bool | None) -> str:
     return "n/a" if ok is None else ("met" if ok else "**MISSED**")
 
@@ -328,11 +337,19 @@ class Bench:
             mnt = B.median(results[("mount", cache, nthreads, ra)])
             variant = "as mounted" if ra is None else f"read_ahead_kb={ra} (experiment)"
             rows.append(
-                [cache, str(nthreads), variant, f"{raw:.0f}", f"{mnt:.0f}", f"{mnt / raw:.2f}x"]
+                [
+                    cache,
+                    str(nthreads),
+                    variant,
+                    spread(results[("raw", cache, nthreads)], 0),
+                    spread(results[("mount", cache, nthreads, ra)], 0),
+                    f"{mnt / raw:.2f}x",
+                ]
             )
         self.r.table(
             f"Local read: {total // MiB} MiB in {len(ranges)} chunk files of "
-            f"{t.chunk_bytes // 1024} KiB (.lindi.tar members), MiB/s, median of {self.a.reps}",
+            f"{t.chunk_bytes // 1024} KiB (.lindi.tar members), MiB/s, median (range) of "
+            f"{self.a.reps}",
             [
                 "page cache",
                 "threads",
@@ -548,7 +565,7 @@ class Bench:
                     labels[kind],
                     fmt(setup),
                     fmt(opened),
-                    fmt(read),
+                    spread(d["read"]),
                     fmt(setup + opened + read),
                     f"{total_mib / read:.0f}",
                     f"{B.median(d['requests']):.0f}",
@@ -557,7 +574,7 @@ class Bench:
             )
         self.r.table(
             f"Remote cold read of the whole {total_mib:.0f} MiB array over loopback HTTP, "
-            f"{self.a.latency * 1000:.0f} ms per request (median of {self.a.reps}; "
+            f"{self.a.latency * 1000:.0f} ms per request (median (range) of {self.a.reps}; "
             "fresh mount / fresh file system per run)",
             [
                 "reader",
@@ -627,8 +644,8 @@ class Bench:
             B.drop_caches()
             pf.append(walk(plain, self.a.walk_timeout)["seconds"])
         rows = [
-            ["lindifuse, fresh mount", fmt(B.median(lmount)), fmt(B.median(lf)), files],
-            ["lindifuse, same mount again (kernel caches warm)", "", fmt(B.median(lf2)), ""],
+            ["lindifuse, fresh mount", fmt(B.median(lmount)), spread(lf), files],
+            ["lindifuse, same mount again (kernel caches warm)", "", spread(lf2), ""],
         ]
         if ff:
             timed_out = any(x is None for x in ff)
@@ -637,16 +654,14 @@ class Bench:
                 [
                     "fsspec.fuse (fusepy) over ReferenceFileSystem, fresh mount",
                     fmt(B.median(fmount)),
-                    f">{self.a.walk_timeout:.0f} (timeout)" if timed_out else fmt(fw),
+                    f">{self.a.walk_timeout:.0f} (timeout)" if timed_out else spread(ff),
                     "",
                 ]
             )
-        rows.append(
-            ["the same tree as plain files on local disk (cold)", "", fmt(B.median(pf)), ""]
-        )
+        rows.append(["the same tree as plain files on local disk (cold)", "", spread(pf), ""])
         self.r.table(
             f"Walk + stat every file of the {self.a.keys:,}-key .lindi.json "
-            f"(os.walk + os.stat in a subprocess, seconds, median of {self.a.reps})",
+            f"(os.walk + os.stat in a subprocess, seconds, median (range) of {self.a.reps})",
             ["file system", "mount s", "walk+stat s", "tree"],
             rows,
         )
