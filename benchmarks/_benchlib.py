@@ -17,7 +17,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,12 +158,34 @@ class Mount:
     def stats(self) -> dict:
         return json.loads(os.getxattr(self.path, "user.lindifuse.stats"))
 
+    def writer_stats(self) -> dict:
+        return self.stats().get("writer") or {}
+
+    def umount(self) -> float:
+        """``lindifuse umount`` (final flush included); returns its seconds."""
+        t0 = time.perf_counter()
+        r = subprocess.run(
+            [*lindifuse_cmd(), "umount", str(self.path), "--timeout", "600"],
+            capture_output=True,
+            text=True,
+        )
+        if r.returncode != 0:
+            raise RuntimeError(f"lindifuse umount {self.path}: {r.stderr.strip()}")
+        return time.perf_counter() - t0
+
 
 @contextlib.contextmanager
 def lindifuse_mount(
-    source: str | os.PathLike, mnt: str | os.PathLike, *, log_file: str | os.PathLike, extra=()
+    source: str | os.PathLike,
+    mnt: str | os.PathLike,
+    *,
+    log_file: str | os.PathLike,
+    extra=(),
+    read_only: bool = True,
+    umount_timeout: float = 30,
 ) -> Iterator[Mount]:
-    """Mount read-only, time it until ``ls`` answers, and always unmount + end the daemon."""
+    """Mount (read-only unless told), time it until ``ls`` answers, and always unmount
+    (``lindifuse umount``, then ``fusermount3 -u -z``) and end the daemon by PID."""
     mnt = Path(mnt)
     mnt.mkdir(parents=True, exist_ok=True)
     if is_mounted(mnt):
@@ -179,7 +201,7 @@ def lindifuse_mount(
                 "mount",
                 str(source),
                 str(mnt),
-                "--read-only",
+                *(["--read-only"] if read_only else []),
                 "--log-file",
                 str(log_file),
                 "--pid-file",
@@ -202,7 +224,7 @@ def lindifuse_mount(
                 pid = int(os.getxattr(mnt, "user.lindifuse.pid"))
         if is_mounted(mnt):
             r = subprocess.run(
-                [*lindifuse_cmd(), "umount", str(mnt), "--timeout", "30"],
+                [*lindifuse_cmd(), "umount", str(mnt), "--timeout", str(umount_timeout)],
                 capture_output=True,
                 text=True,
             )
@@ -211,6 +233,108 @@ def lindifuse_mount(
                 force_unmount(mnt)
         if pid is not None:
             end_pid(pid)
+
+
+# -- reporting ---------------------------------------------------------------------------------
+
+
+def fmt(x: float | None, nd: int = 2) -> str:
+    if x is None or x != x:
+        return "n/a"
+    return f"{x:.{nd}f}"
+
+
+def aim(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("met" if ok else "**MISSED**")
+
+
+def loadavg() -> str:
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+class Report:
+    """Collects markdown tables and notes; prints them as they come."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.notes: list[str] = []
+        self.aims: list[tuple[str, str, str]] = []
+
+    def table(self, title: str, header: list[str], rows: list[list[str]]) -> None:
+        lines = [f"### {title}", "", "| " + " | ".join(header) + " |"]
+        lines.append("|" + "|".join("---" for _ in header) + "|")
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        text = "\n".join(lines) + "\n"
+        self.parts.append(text)
+        print("\n" + text, flush=True)
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+        print(f"note: {text}", flush=True)
+
+    def aim(self, what: str, figure: str, ok: bool | None) -> None:
+        self.aims.append((what, figure, aim(ok)))
+        print(f"aim: {what}: {figure} -> {aim(ok)}", flush=True)
+
+    def publish(
+        self, name: str, title: str, cmd: str, elapsed: float, *, extra=(), write: bool = True
+    ) -> None:
+        """Print the aims and replace the ``name`` section of RESULTS.md (unless not ``write``)."""
+        head = [
+            f"## {title}",
+            "",
+            f"- date: {now()}",
+            f"- machine: {machine()}",
+            f"- git commit: {git_commit()}",
+            f"- command: `{cmd}` (run from the repository root; took {elapsed:.0f} s)",
+            *extra,
+            "",
+        ]
+        aims = ["### Aims", "", "| aim | figure | result |", "|---|---|---|"]
+        aims += [f"| {a} | {f} | {ok} |" for a, f, ok in self.aims]
+        body = "\n".join(head) + "\n" + "\n".join(aims) + "\n\n" + "\n".join(self.parts)
+        if self.notes:
+            body += "\nNotes:\n\n" + "\n".join(f"- {n}" for n in self.notes) + "\n"
+        print("\n" + "\n".join(aims))
+        if write:
+            update_results(name, body)
+            print(f"\nupdated {RESULTS.relative_to(REPO)}")
+
+
+# -- the loopback HTTP server --------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def range_server(root: Path, latency: float) -> Iterator[Callable[[str], str]]:
+    """benchmarks/_server.py in a subprocess; yields ask(command) -> reply line."""
+    proc = subprocess.Popen(
+        [sys.executable, str(BENCH_DIR / "_server.py"), str(root), "--latency", str(latency)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        first = proc.stdout.readline().split()
+        if len(first) != 2 or first[0] != "port":
+            raise RuntimeError(f"range server did not start: {first}")
+
+        def ask(cmd: str) -> str:
+            proc.stdin.write(cmd + "\n")  # type: ignore[union-attr]
+            proc.stdin.flush()  # type: ignore[union-attr]
+            return proc.stdout.readline().strip()  # type: ignore[union-attr]
+
+        ask.port = int(first[1])  # type: ignore[attr-defined]
+        yield ask
+    finally:
+        with contextlib.suppress(OSError):
+            proc.stdin.close()  # type: ignore[union-attr]
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            end_pid(proc.pid)
+            proc.wait(10)
 
 
 # -- machine facts and RESULTS.md --------------------------------------------------------------

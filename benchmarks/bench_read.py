@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _benchlib as B  # noqa: E402
 import _gen  # noqa: E402
+from _benchlib import Report, fmt, range_server  # noqa: E402
 
 MiB = 2**20
 PARTS = ("local", "mountlat", "remote", "walk", "scale")
@@ -96,12 +97,6 @@ def sh_time(cmd: str, timeout: float = 600) -> tuple[float, str]:
     return time.perf_counter() - t0, r.stdout.strip()
 
 
-def fmt(x: float | None, nd: int = 2) -> str:
-    if x is None or x != x:
-        return "n/a"
-    return f"{x:.{nd}f}"
-
-
 def spread(xs: list[float], nd: int = 2) -> str:
     """Median and, with several runs, the range: ``0.88 (0.80-0.95)``."""
     xs = [x for x in xs if x is not None]
@@ -109,67 +104,6 @@ def spread(xs: list[float], nd: int = 2) -> str:
         return "n/a"
     med = f"{B.median(xs):.{nd}f}"
     return med if len(xs) < 2 else f"{med} ({min(xs):.{nd}f}-{max(xs):.{nd}f})"
-
-
-def aim(ok: bool | None) -> str:
-    return "n/a" if ok is None else ("met" if ok else "**MISSED**")
-
-
-class Report:
-    """Collects markdown tables and notes; prints them as they come."""
-
-    def __init__(self) -> None:
-        self.parts: list[str] = []
-        self.notes: list[str] = []
-        self.aims: list[tuple[str, str, str]] = []
-
-    def table(self, title: str, header: list[str], rows: list[list[str]]) -> None:
-        lines = [f"### {title}", "", "| " + " | ".join(header) + " |"]
-        lines.append("|" + "|".join("---" for _ in header) + "|")
-        lines += ["| " + " | ".join(r) + " |" for r in rows]
-        text = "\n".join(lines) + "\n"
-        self.parts.append(text)
-        print("\n" + text, flush=True)
-
-    def note(self, text: str) -> None:
-        self.notes.append(text)
-        print(f"note: {text}", flush=True)
-
-    def aim(self, what: str, figure: str, ok: bool | None) -> None:
-        self.aims.append((what, figure, aim(ok)))
-        print(f"aim: {what}: {figure} -> {aim(ok)}", flush=True)
-
-
-@contextlib.contextmanager
-def range_server(root: Path, latency: float) -> Iterator[Callable[[str], str]]:
-    """benchmarks/_server.py in a subprocess; yields ask(command) -> reply line."""
-    proc = subprocess.Popen(
-        [sys.executable, str(B.BENCH_DIR / "_server.py"), str(root), "--latency", str(latency)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdin is not None and proc.stdout is not None
-        first = proc.stdout.readline().split()
-        if len(first) != 2 or first[0] != "port":
-            raise RuntimeError(f"range server did not start: {first}")
-
-        def ask(cmd: str) -> str:
-            proc.stdin.write(cmd + "\n")  # type: ignore[union-attr]
-            proc.stdin.flush()  # type: ignore[union-attr]
-            return proc.stdout.readline().strip()  # type: ignore[union-attr]
-
-        ask.port = int(first[1])  # type: ignore[attr-defined]
-        yield ask
-    finally:
-        with contextlib.suppress(OSError):
-            proc.stdin.close()  # type: ignore[union-attr]
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            B.end_pid(proc.pid)
-            proc.wait(10)
 
 
 @contextlib.contextmanager
@@ -756,26 +690,16 @@ def main(argv: list[str] | None = None) -> int:
         [os.path.relpath(sys.executable, B.REPO), os.path.relpath(__file__, B.REPO)]
         + [shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)]
     )
-    head = [
-        "## Read path (`benchmarks/bench_read.py`)",
-        "",
-        f"- date: {B.now()}",
-        f"- machine: {B.machine()}",
-        f"- git commit: {B.git_commit()}",
-        f"- command: `{cmd}` (run from the repository root; took {bench.elapsed:.0f} s)",
-        f"- load average (1 min) before / after: {load0[0]:.2f} / {load1[0]:.2f} "
-        "(other work on the machine disturbs the figures)",
-        "",
-    ]
-    aims = ["### Aims", "", "| aim | figure | result |", "|---|---|---|"]
-    aims += [f"| {a} | {f} | {ok} |" for a, f, ok in r.aims]
-    body = "\n".join(head) + "\n" + "\n".join(aims) + "\n\n" + "\n".join(r.parts)
-    if r.notes:
-        body += "\nNotes:\n\n" + "\n".join(f"- {n}" for n in r.notes) + "\n"
-    print("\n" + "\n".join(aims))
-    if not args.no_results:
-        B.update_results("bench_read", body)
-        print(f"\nupdated {B.RESULTS.relative_to(B.REPO)}")
+    r.publish(
+        "bench_read",
+        "Read path (`benchmarks/bench_read.py`)",
+        cmd,
+        bench.elapsed,
+        extra=[
+            f"- load average (1 min) before / after: {load0[0]:.2f} / {load1[0]:.2f} (other work on the machine disturbs the figures)"
+        ],
+        write=not args.no_results,
+    )
     return 0
 
 

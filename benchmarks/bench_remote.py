@@ -38,7 +38,7 @@ import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -61,38 +61,6 @@ t = time.perf_counter() - t0
 ok = bool(np.array_equal(d, _gen.expected_values(0, d.size)))
 print(json.dumps({{"read_s": t, "ok": ok}}))
 """
-
-
-@contextlib.contextmanager
-def range_server(root: Path, latency: float) -> Iterator[Callable[[str], str]]:
-    """benchmarks/_server.py in a subprocess; yields ask(command) -> reply line."""
-    proc = subprocess.Popen(
-        [sys.executable, str(B.BENCH_DIR / "_server.py"), str(root), "--latency", str(latency)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdin is not None and proc.stdout is not None
-        first = proc.stdout.readline().split()
-        if len(first) != 2 or first[0] != "port":
-            raise RuntimeError(f"range server did not start: {first}")
-
-        def ask(cmd: str) -> str:
-            proc.stdin.write(cmd + "\n")  # type: ignore[union-attr]
-            proc.stdin.flush()  # type: ignore[union-attr]
-            return proc.stdout.readline().strip()  # type: ignore[union-attr]
-
-        ask.port = int(first[1])  # type: ignore[attr-defined]
-        yield ask
-    finally:
-        with contextlib.suppress(OSError):
-            proc.stdin.close()  # type: ignore[union-attr]
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            B.end_pid(proc.pid)
-            proc.wait(10)
 
 
 def zarr_read_subprocess(path: Path, timeout: float) -> dict:
@@ -209,7 +177,7 @@ class Bench:
         timeout = 900.0
         cache_root = self.work / "cache"
         shutil.rmtree(cache_root, ignore_errors=True)
-        with range_server(self.www, self.a.latency) as ask:
+        with B.range_server(self.www, self.a.latency) as ask:
             base = f"http://127.0.0.1:{ask.port}/"  # type: ignore[attr-defined]
             results: dict[str, dict[str, dict]] = {}
             for label, t in (("big", big), ("small", small)):

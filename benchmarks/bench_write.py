@@ -27,7 +27,6 @@ The machine is shared: the load average before and after each part is reported.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shlex
@@ -36,133 +35,19 @@ import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _benchlib as B  # noqa: E402
 import numpy as np  # noqa: E402
+from _benchlib import Report, fmt, loadavg  # noqa: E402
 
 MiB = 2**20
 PARTS = ("small", "big")
 
 
 # -- helpers -----------------------------------------------------------------------------------
-
-
-def fmt(x: float | None, nd: int = 2) -> str:
-    if x is None or x != x:
-        return "n/a"
-    return f"{x:.{nd}f}"
-
-
-def aim(ok: bool | None) -> str:
-    return "n/a" if ok is None else ("met" if ok else "**MISSED**")
-
-
-def loadavg() -> str:
-    with open("/proc/loadavg") as f:
-        return " ".join(f.read().split()[:3])
-
-
-class Report:
-    """Collects markdown tables and notes; prints them as they come."""
-
-    def __init__(self) -> None:
-        self.parts: list[str] = []
-        self.notes: list[str] = []
-        self.aims: list[tuple[str, str, str]] = []
-
-    def table(self, title: str, header: list[str], rows: list[list[str]]) -> None:
-        lines = [f"### {title}", "", "| " + " | ".join(header) + " |"]
-        lines.append("|" + "|".join("---" for _ in header) + "|")
-        lines += ["| " + " | ".join(r) + " |" for r in rows]
-        text = "\n".join(lines) + "\n"
-        self.parts.append(text)
-        print("\n" + text, flush=True)
-
-    def note(self, text: str) -> None:
-        self.notes.append(text)
-        print(f"note: {text}", flush=True)
-
-    def aim(self, what: str, figure: str, ok: bool | None) -> None:
-        self.aims.append((what, figure, aim(ok)))
-        print(f"aim: {what}: {figure} -> {aim(ok)}", flush=True)
-
-
-@dataclass
-class WMount:
-    path: Path
-    pid: int
-    log_file: Path
-    umount_seconds: float | None = None
-
-    def stats(self) -> dict:
-        return json.loads(os.getxattr(self.path, "user.lindifuse.stats"))
-
-    def writer_stats(self) -> dict:
-        return self.stats().get("writer") or {}
-
-    def umount(self) -> float:
-        t0 = time.perf_counter()
-        r = subprocess.run(
-            [*B.lindifuse_cmd(), "umount", str(self.path), "--timeout", "600"],
-            capture_output=True,
-            text=True,
-        )
-        if r.returncode != 0:
-            raise RuntimeError(f"lindifuse umount {self.path}: {r.stderr.strip()}")
-        self.umount_seconds = time.perf_counter() - t0
-        return self.umount_seconds
-
-
-@contextlib.contextmanager
-def writable_mount(archive: Path, mnt: Path, log_file: Path) -> Iterator[WMount]:
-    """A writable mount of ``archive``; always unmounted (``lindifuse umount``, then
-    ``fusermount3 -u -z``) and its daemon ended by PID."""
-    mnt.mkdir(parents=True, exist_ok=True)
-    if B.is_mounted(mnt):
-        raise RuntimeError(f"{mnt}: already mounted")
-    pid_file = Path(str(log_file) + ".pid")
-    pid_file.unlink(missing_ok=True)
-    pid = None
-    try:
-        res = subprocess.run(
-            [
-                *B.lindifuse_cmd(),
-                "mount",
-                str(archive),
-                str(mnt),
-                "--log-file",
-                str(log_file),
-                "--pid-file",
-                str(pid_file),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        if res.returncode != 0:
-            raise RuntimeError(f"lindifuse mount {archive} failed: {res.stderr.strip()}")
-        pid = int(pid_file.read_text())
-        yield WMount(mnt, pid, log_file)
-    finally:
-        if pid is None and B.is_mounted(mnt):
-            with contextlib.suppress(OSError, ValueError):
-                pid = int(os.getxattr(mnt, "user.lindifuse.pid"))
-        if B.is_mounted(mnt):
-            r = subprocess.run(
-                [*B.lindifuse_cmd(), "umount", str(mnt), "--timeout", "120"],
-                capture_output=True,
-                text=True,
-            )
-            if r.returncode != 0:
-                print(f"warning: lindifuse umount {mnt}: {r.stderr.strip()}", file=sys.stderr)
-                B.force_unmount(mnt)
-        if pid is not None:
-            B.end_pid(pid)
 
 
 def create_archive(path: Path) -> None:
@@ -238,6 +123,16 @@ class Bench:
         self._n += 1
         return self.logs / f"{self._n:02d}-{tag}.log"
 
+    def mount(self, archive: Path, name: str):
+        """A writable mount of ``archive``, always unmounted and its daemon ended by PID."""
+        return B.lindifuse_mount(
+            archive,
+            self.work / "mnt",
+            log_file=self.log_file(name),
+            read_only=False,
+            umount_timeout=120,
+        )
+
     def verify(self, archive: Path, array: str, expect, chunk_ids: list[int]) -> None:
         """Read some chunks back through a read-only remount and compare."""
         import zarr
@@ -261,7 +156,7 @@ class Bench:
         archive = self.work / "small.lindi.tar"
         create_archive(archive)
         times, commits, flushes = [], [], []
-        with writable_mount(archive, self.work / "mnt", self.log_file(f"small{rep}")) as m:
+        with self.mount(archive, f"small{rep}") as m:
             g = zarr.open_group(m.path, mode="a", zarr_format=2)
             arr = g.create_array(
                 "s", shape=(n * per,), chunks=(per,), dtype="<f8", compressors=None, fill_value=0
@@ -410,7 +305,7 @@ class Bench:
             os.sync()
             # the mount
             create_archive(archive)
-            with writable_mount(archive, self.work / "mnt", self.log_file("big")) as m:
+            with self.mount(archive, "big") as m:
                 g = zarr.open_group(m.path, mode="a", zarr_format=2)
                 arr = g.create_array(
                     "big", shape=(n,), chunks=(per,), dtype="<f4", compressors=None, fill_value=0
@@ -538,24 +433,14 @@ def main(argv: list[str] | None = None) -> int:
         [os.path.relpath(sys.executable, B.REPO), os.path.relpath(__file__, B.REPO)]
         + [shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)]
     )
-    head = [
-        "## Write path (`benchmarks/bench_write.py`)",
-        "",
-        f"- date: {B.now()}",
-        f"- machine: {B.machine()}",
-        f"- git commit: {B.git_commit()}",
-        f"- command: `{cmd}` (run from the repository root; took {bench.elapsed:.0f} s)",
-        "",
-    ]
-    aims = ["### Aims", "", "| aim | figure | result |", "|---|---|---|"]
-    aims += [f"| {a} | {f} | {ok} |" for a, f, ok in r.aims]
-    body = "\n".join(head) + "\n" + "\n".join(aims) + "\n\n" + "\n".join(r.parts)
-    if r.notes:
-        body += "\nNotes:\n\n" + "\n".join(f"- {n}" for n in r.notes) + "\n"
-    print("\n" + "\n".join(aims))
-    if not args.no_results:
-        B.update_results("bench_write", body)
-        print(f"\nupdated {B.RESULTS.relative_to(B.REPO)}")
+    r.publish(
+        "bench_write",
+        "Write path (`benchmarks/bench_write.py`)",
+        cmd,
+        bench.elapsed,
+        extra=(),
+        write=not args.no_results,
+    )
     return 0
 
 
