@@ -526,13 +526,6 @@ class LocalFiles:
     def size(self, path: str) -> int:
         return os.fstat(self._fd(path)).st_size
 
-    def invalidate(self, path: str) -> None:
-        """Forget a descriptor (the file was replaced)."""
-        with self._lock:
-            fd = self._fds.pop(path, None)
-        if fd is not None:
-            os.close(fd)
-
     def close(self) -> None:
         with self._lock:
             for fd in self._fds.values():
