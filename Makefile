@@ -14,9 +14,22 @@ LINDI_REQS := tests/requirements-lindi.txt
 LINT_PATHS := $(wildcard lindifuse tests benchmarks scripts)
 PIP_FLAGS ?= -q --disable-pip-version-check
 
-.PHONY: setup lint test demo bench clean
+.PHONY: sysdeps setup lint test demo bench clean
 
-setup: $(VENV)/.installed $(LINDI_VENV)/.installed
+setup: sysdeps $(VENV)/.installed $(LINDI_VENV)/.installed
+
+# FUSE itself and what pyfuse3 builds against (Debian). Installed when missing and we are root;
+# otherwise say what to install.
+sysdeps:
+	@if command -v fusermount3 >/dev/null && pkg-config --exists fuse3 2>/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing fuse3 libfuse3-dev pkg-config"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends fuse3 libfuse3-dev pkg-config >/dev/null; \
+	else \
+		echo "lindifuse needs: apt-get install fuse3 libfuse3-dev pkg-config (run as root)" >&2; \
+		exit 1; \
+	fi
 
 # Re-run when pyproject.toml changes; the stamp is written only after success.
 $(VENV)/.installed: pyproject.toml
