@@ -301,9 +301,15 @@ class Writer:
 
     # -- namespace edits --------------------------------------------------------------------
 
+    def _listing_changed(self, parent: Node | None) -> None:
+        """Read-ahead keeps each directory's chunk order: drop it when files come and go."""
+        if parent is not None and self.content.readahead is not None:
+            self.content.readahead.forget(parent)
+
     def _invalidate(self, node: Node) -> None:
         node.extra = None
         node.size = -1
+        self._listing_changed(node.parent)
         if node.name == ".zarray" and node.parent is not None:
             # Padded sizes of the sibling chunks depend on .zarray.
             self.content.forget_dir_meta(node.parent)
@@ -316,6 +322,7 @@ class Writer:
         """``node`` was unlinked (already detached from the tree)."""
         if self.refs.pop(node.key, None) is not None:
             self.refs_dirty = True
+        self._listing_changed(node.parent)
         st = self.staged.get(node.inode)
         if st is not None and st.opens == 0:
             self._drop(node)
