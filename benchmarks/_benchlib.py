@@ -11,6 +11,7 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import shutil
 import signal
 import statistics
@@ -300,6 +301,24 @@ class Report:
         if write:
             update_results(name, body)
             print(f"\nupdated {RESULTS.relative_to(REPO)}")
+
+
+def parse_parts(p, text: str, parts) -> list[str]:
+    """The ``--only`` list: comma-separated names among ``parts`` (a usage error otherwise)."""
+    only = [x.strip() for x in text.split(",") if x.strip()]
+    bad = [x for x in only if x not in parts]
+    if bad:
+        p.error(f"unknown part(s): {bad}")
+    return only
+
+
+def command_line(script: str, argv: list[str] | None) -> str:
+    """How this benchmark was run, relative to the repository root (for RESULTS.md)."""
+    args = sys.argv[1:] if argv is None else argv
+    return " ".join(
+        [os.path.relpath(sys.executable, REPO), os.path.relpath(script, REPO)]
+        + [shlex.quote(a) for a in args]
+    )
 
 
 # -- the loopback HTTP server --------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Benchmark data: a big uncompressed array in a ``.lindi.tar``, and many-key ``.lindi.json`` files.
 
 The tar is written directly in lindi's layout (see shared docs, lindi-format.md section 2) with
-``tarfile.TarInfo`` for the ustar headers: ``.tar_entry.json`` first (header at 0, data at 512,
+``lindifuse.tarfmt`` for the ustar headers: ``.tar_entry.json`` first (header at 0, data at 512,
 1024 bytes), then ``.tar_index.json`` and ``lindi.json`` (both space-padded), then one
 ``blobs/x/<i>`` member per chunk, then two zero blocks. lindi opens it (the benchmark reads it
 with lindi's own reader).
@@ -12,39 +12,15 @@ from __future__ import annotations
 import base64
 import json
 import os
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-BLOCK = 512
-ENTRY_SIZE = 1024
+from lindifuse import tarfmt
 
-
-def _padded(n: int) -> int:
-    return (n + BLOCK - 1) // BLOCK * BLOCK
-
-
-def _grown(n: int, initial: int = 8192) -> int:
-    """lindi's padded-JSON size: 8 KiB doubled until at least 4x the JSON length."""
-    size = initial
-    while size < 4 * n:
-        size *= 2
-    return size
-
-
-def _header(name: str, size: int) -> bytes:
-    ti = tarfile.TarInfo(name)
-    ti.size = size
-    ti.mode = 0o644
-    ti.mtime = 0
-    ti.uid = ti.gid = 0
-    ti.uname = ti.gname = ""
-    ti.type = tarfile.REGTYPE
-    buf = ti.tobuf(format=tarfile.USTAR_FORMAT, encoding="utf-8", errors="strict")
-    assert len(buf) == BLOCK, name
-    return buf
+BLOCK = tarfmt.BLOCK
+ENTRY_SIZE = tarfmt.ENTRY_SIZE
 
 
 def _pad_json(obj: object, size: int) -> bytes:
@@ -118,7 +94,7 @@ def build_array_tar(path: Path, nbytes: int, chunk_bytes: int) -> ArrayTar:
         refs[f"x/{i}"] = [f"./blobs/x/{i}", 0, chunk_bytes]
     rfs = {"generationMetadata": {"generatedBy": "lindifuse benchmarks"}, "refs": refs}
     lj_raw_len = len(json.dumps(rfs, indent=2, sort_keys=True).encode())
-    lj_size = _grown(lj_raw_len)
+    lj_size = tarfmt.grown_size(lj_raw_len)
 
     names = [".tar_entry.json", ".tar_index.json", "lindi.json"] + [
         f"blobs/x/{i}" for i in range(nchunks)
@@ -126,14 +102,14 @@ def build_array_tar(path: Path, nbytes: int, chunk_bytes: int) -> ArrayTar:
     # Upper bound of the index length (offsets written with 13 digits), then its padded size.
     big = 10**12
     probe = {"files": [{"n": nm, "o": big, "d": big, "s": big} for nm in names]}
-    idx_size = _grown(len(json.dumps(probe, indent=2, sort_keys=True)))
+    idx_size = tarfmt.grown_size(len(json.dumps(probe, indent=2, sort_keys=True)))
     sizes = {".tar_entry.json": ENTRY_SIZE, ".tar_index.json": idx_size, "lindi.json": lj_size}
     sizes.update({f"blobs/x/{i}": chunk_bytes for i in range(nchunks)})
     files = []
     pos = 0
     for nm in names:
         files.append({"n": nm, "o": pos, "d": pos + BLOCK, "s": sizes[nm]})
-        pos += BLOCK + _padded(sizes[nm])
+        pos += BLOCK + tarfmt.padded(sizes[nm])
     index = {"files": files}
     entry = {"index": files[1]}
     members = {f["n"]: (f["d"], f["s"]) for f in files}
@@ -141,14 +117,16 @@ def build_array_tar(path: Path, nbytes: int, chunk_bytes: int) -> ArrayTar:
     tmp = path.with_suffix(".tmp")
     base = np.arange(chunk_n, dtype=np.uint32)
     with open(tmp, "wb") as out:
-        out.write(_header(".tar_entry.json", ENTRY_SIZE) + _pad_json(entry, ENTRY_SIZE))
-        out.write(_header(".tar_index.json", idx_size) + _pad_json(index, idx_size))
-        out.write(_header("lindi.json", lj_size) + _pad_json(rfs, lj_size))
+        out.write(
+            tarfmt.encode_header(".tar_entry.json", ENTRY_SIZE) + _pad_json(entry, ENTRY_SIZE)
+        )
+        out.write(tarfmt.encode_header(".tar_index.json", idx_size) + _pad_json(index, idx_size))
+        out.write(tarfmt.encode_header("lindi.json", lj_size) + _pad_json(rfs, lj_size))
         for i in range(nchunks):
             data = ((base + np.uint32(i * chunk_n)) & 0xFFFFFF).astype(np.float32).tobytes()
-            out.write(_header(f"blobs/x/{i}", chunk_bytes))
+            out.write(tarfmt.encode_header(f"blobs/x/{i}", chunk_bytes))
             out.write(data)
-            out.write(b"\0" * (_padded(len(data)) - len(data)))
+            out.write(b"\0" * (tarfmt.padded(len(data)) - len(data)))
         out.write(b"\0" * (2 * BLOCK))
         assert out.tell() == pos + 2 * BLOCK
     os.replace(tmp, path)

@@ -676,20 +676,14 @@ def main(argv: list[str] | None = None) -> int:
     args.keys = args.keys or (10_000 if q else 100_000)
     args.scale_keys = args.scale_keys or (100_000 if q else 1_000_000)
     args.reps = args.reps or (1 if q else 5)
-    args.only = [x.strip() for x in args.only.split(",") if x.strip()]
-    bad = [x for x in args.only if x not in PARTS]
-    if bad:
-        p.error(f"unknown part(s): {bad}")
+    args.only = B.parse_parts(p, args.only, PARTS)
 
     load0 = os.getloadavg()
     bench = Bench(args)
     bench.run()
     load1 = os.getloadavg()
     r = bench.r
-    cmd = " ".join(
-        [os.path.relpath(sys.executable, B.REPO), os.path.relpath(__file__, B.REPO)]
-        + [shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)]
-    )
+    cmd = B.command_line(__file__, argv)
     r.publish(
         "bench_read",
         "Read path (`benchmarks/bench_read.py`)",

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import shutil
 import subprocess
 import sys
@@ -421,18 +420,12 @@ def main(argv: list[str] | None = None) -> int:
     args.files = args.files or (2_000 if q else 20_000)
     args.size_mib = args.size_mib or (64 if q else 1024)
     args.reps = args.reps or (1 if q else 3)
-    args.only = [x.strip() for x in args.only.split(",") if x.strip()]
-    bad = [x for x in args.only if x not in PARTS]
-    if bad:
-        p.error(f"unknown part(s): {bad}")
+    args.only = B.parse_parts(p, args.only, PARTS)
 
     bench = Bench(args)
     bench.run()
     r = bench.r
-    cmd = " ".join(
-        [os.path.relpath(sys.executable, B.REPO), os.path.relpath(__file__, B.REPO)]
-        + [shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)]
-    )
+    cmd = B.command_line(__file__, argv)
     r.publish(
         "bench_write",
         "Write path (`benchmarks/bench_write.py`)",
