@@ -9,10 +9,9 @@ import errno
 from typing import Any
 
 from . import archive
-from .containers import Container, open_container
+from .containers import Container, load_container
 from .errors import FormatError, LindiError, RefError, SourceError
 from .refs import Range, decode_value, expand_templates
-from .sources import HttpClient, LocalFiles
 
 
 def absolute_refs(c: Container) -> dict[str, Any]:
@@ -45,12 +44,7 @@ def absolute_refs(c: Container) -> dict[str, Any]:
 async def create(target: str, source: str | None) -> str:
     rfs = None
     if source is not None:
-        http, local = HttpClient(), LocalFiles()
-        try:
-            rfs = absolute_refs(await open_container(source, http, local))
-        finally:
-            await http.aclose()
-            local.close()
+        rfs = absolute_refs(await load_container(source))
     try:
         archive.create(target, rfs)
     except FileExistsError:

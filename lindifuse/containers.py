@@ -107,11 +107,16 @@ async def _rset_from_bytes(raw: bytes, where: str) -> ReferenceSet:
     return parse()
 
 
+def is_tar_head(head: bytes) -> bool:
+    """The first bytes of a file start a ustar (POSIX tar) archive."""
+    return len(head) >= 262 and head[257:262] == b"ustar"
+
+
 def sniff(head: bytes, where: str) -> str:
     """Kind of a file from its first bytes: 'tar', 'json' or 'hdf5'; FormatError otherwise."""
     if head.startswith(HDF5_MAGIC):
         return "hdf5"
-    if len(head) >= 262 and head[257:262] == b"ustar":
+    if is_tar_head(head):
         return "tar"
     stripped = head.lstrip()
     if stripped.startswith(b"{"):
@@ -239,3 +244,14 @@ def container_from_archive(archive: Any, kind: str) -> Container:
         0,
         archive.members if kind == "tar" else {},
     )
+
+
+async def load_container(source: str) -> Container:
+    """``open_container`` with clients of its own, closed again: for one-shot commands
+    (``info``, ``create --from``) that only need the reference set."""
+    http, local = HttpClient(), LocalFiles()
+    try:
+        return await open_container(source, http, local)
+    finally:
+        await http.aclose()
+        local.close()

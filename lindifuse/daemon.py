@@ -13,7 +13,7 @@ import trio
 
 from .archive import open_archive
 from .cache import MemoryCache
-from .containers import HEAD_BYTES, Container, container_from_archive, open_container
+from .containers import HEAD_BYTES, Container, container_from_archive, is_tar_head, open_container
 from .content import ContentService
 from .disk_cache import AsyncDiskCache, DiskCache, default_cache_dir, default_cache_size
 from .errors import RefError
@@ -251,7 +251,7 @@ def _writable_kind(source: str) -> str | None:
             head = f.read(HEAD_BYTES)
     except OSError:
         return None
-    return "tar" if len(head) > 262 and head[257:262] == b"ustar" else None
+    return "tar" if is_tar_head(head) else None
 
 
 async def open_disk_cache(opts: Any) -> AsyncDiskCache | None:

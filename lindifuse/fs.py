@@ -207,15 +207,19 @@ class LindiOperations(pyfuse3.Operations):
     async def releasedir(self, fh: int) -> None:
         self._dir_handles.pop(fh, None)
 
-    async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
+    def _statvfs(self) -> pyfuse3.StatvfsData:
         s = pyfuse3.StatvfsData()
         s.f_bsize = s.f_frsize = 4096
-        total = sum(n.size for n in self.tree.nodes.values() if n.children is None and n.size > 0)
-        s.f_blocks = (total + 4095) // 4096
         s.f_bfree = s.f_bavail = 0
         s.f_files = len(self.tree.nodes)
         s.f_ffree = s.f_favail = 0
         s.f_namemax = 255
+        return s
+
+    async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
+        s = self._statvfs()
+        total = sum(n.size for n in self.tree.nodes.values() if n.children is None and n.size > 0)
+        s.f_blocks = (total + 4095) // 4096
         return s
 
     # -- reading -----------------------------------------------------------------------------
@@ -393,11 +397,13 @@ class WritableOperations(LindiOperations):
         return parent, sname, parent.children.get(sname)
 
     async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
-        s = await super().statfs(ctx)
+        # The space of the file system holding the archive (where writes go), not a sum over
+        # every file of the tree.
         try:
             v = os.statvfs(self.statvfs_path)
         except OSError:
-            return s
+            return await super().statfs(ctx)
+        s = self._statvfs()
         s.f_bsize, s.f_frsize = v.f_bsize, v.f_frsize
         s.f_blocks, s.f_bfree, s.f_bavail = v.f_blocks, v.f_bfree, v.f_bavail
         s.f_ffree = s.f_favail = max(v.f_ffree, 1 << 20)

@@ -6,19 +6,13 @@ import contextlib
 from collections import defaultdict
 from typing import Any
 
-from .containers import open_container
+from .containers import load_container
 from .errors import RefError
 from .refs import Inline, decode_value, expand_templates
-from .sources import HttpClient, LocalFiles
 
 
 async def summarize(source: str) -> dict[str, Any]:
-    http, local = HttpClient(), LocalFiles()
-    try:
-        c = await open_container(source, http, local)
-    finally:
-        await http.aclose()
-        local.close()
+    c = await load_container(source)
     refs = c.rset.refs
     inline = container = external = 0
     ext: dict[str, list[int]] = defaultdict(lambda: [0, 0])
