@@ -15,10 +15,11 @@ from typing import Any
 from . import __version__
 
 DESCRIPTION = """\
-Mount a LINDI file (.lindi.json, .lindi.tar or .lindi.d; a local path or an http(s) URL) as a
-directory tree of Zarr keys, so that zarr, xarray, ls, cp, du and any program see an ordinary
-Zarr v2 directory. Reads resolve each key's reference to inline bytes, a member of the archive, a
-local file or an HTTP range request, through a chunk cache."""
+Mount a LINDI file (.lindi.json, .lindi.tar or .lindi.d) or an HDF5/NWB file (a local path or
+an http(s) URL) as a directory tree of Zarr keys, so that zarr, xarray, ls, cp, du and any program
+see an ordinary Zarr v2 directory. Reads resolve each key's reference to inline bytes, a member of
+the archive, a local file or an HTTP range request, through a chunk cache. An HDF5 file is
+indexed on its first mount (the same view lindi gives) and the index kept in the cache."""
 
 EPILOG = """\
 examples:
@@ -26,6 +27,8 @@ examples:
   lindifuse mount https://example.org/data/file.lindi.json /mnt/remote --read-only
   python -c 'import zarr; print(zarr.open_group("/mnt/session", mode="r", zarr_format=2).tree())'
   lindifuse umount /mnt/session
+  lindifuse mount sub-01_ses-01.nwb /mnt/nwb          # HDF5/NWB directly, read-only
+  lindifuse index sub-01_ses-01.nwb -o sub-01.lindi.json
   lindifuse info session.lindi.tar
 
 exit status: 0 on success, 1 when the source, the mount point or the operation failed
@@ -41,7 +44,8 @@ def _mount_parser(sub: Any) -> None:
         description=(
             "Mount SOURCE at MOUNTPOINT. Without -f, return once the mount answers and keep the "
             "daemon running in the background, logging to --log-file. The kind of SOURCE is "
-            "detected from its content. Remote sources and plain .lindi.json files are always "
+            "detected from its content. Remote sources, plain .lindi.json files and HDF5/NWB files "
+            "are always "
             "mounted read-only."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -49,7 +53,7 @@ def _mount_parser(sub: Any) -> None:
     p.add_argument(
         "source",
         metavar="SOURCE",
-        help="path or http(s) URL of a .lindi.json, .lindi.tar or .lindi.d",
+        help="path or http(s) URL of a .lindi.json, .lindi.tar, .lindi.d or HDF5/NWB file",
     )
     p.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing, empty directory")
     p.add_argument(
@@ -193,6 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", metavar="IN")
     p.add_argument("dst", metavar="OUT")
 
+    from .indexcmd import add_parser as _index_parser
+
+    _index_parser(sub, _size)
+
     from .cachecmd import add_parsers as _cache_parsers
 
     _cache_parsers(sub)
@@ -284,6 +292,10 @@ def main(argv: list[str] | None = None) -> int:
             for line in compact(args.src, args.dst):
                 print(line)
             return 0
+        if args.command == "index":
+            from .indexcmd import cmd_index
+
+            return cmd_index(args)
         if args.command == "stats":
             from .cachecmd import cmd_stats
 

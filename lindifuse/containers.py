@@ -1,7 +1,9 @@
 """Containers: turn a SOURCE (path or URL) into a reference set plus a way to resolve targets.
 
-Kinds: ``json`` (a lindi.json / kerchunk v1 file), ``tar`` (.lindi.tar), ``dir`` (.lindi.d).
-The kind is detected from content (tar magic, ``{``, a folder holding lindi.json); the
+Kinds: ``json`` (a lindi.json / kerchunk v1 file), ``tar`` (.lindi.tar), ``dir`` (.lindi.d)
+and ``hdf5`` (an HDF5/NWB file, indexed into the same refs lindi would write; see
+``lindifuse.hdf5``). The kind is detected from content (tar magic, ``{``, the HDF5 signature at
+offset 0 or at a user-block offset 512, 1024, 2048..., a folder holding lindi.json); the
 extension is only used to word the error when the content matches nothing. A remote tar costs
 three requests (head+entry, index, lindi.json) and is never downloaded whole.
 
@@ -30,6 +32,9 @@ from .sources import HttpClient, LocalFiles, is_url
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 HEAD_BYTES = 1536  # first tar header + the 1024-byte .tar_entry.json data
+HDF5_EXTENSIONS = (".h5", ".hdf5", ".hdf", ".he5", ".nwb")
+# The superblock sits at 0 or at a power of two from 512 on (after a user block).
+SUPERBLOCK_OFFSETS = tuple([0] + [512 * 2**i for i in range(14)])  # up to 4 MiB
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +49,7 @@ class Location:
 
 @dataclass
 class Container:
-    kind: str  # "json", "tar" or "dir"
+    kind: str  # "json", "tar", "dir" or "hdf5"
     source: str  # as given by the user (URL or absolute path)
     remote: bool
     rset: ReferenceSet
@@ -52,6 +57,7 @@ class Container:
     json_size: int
     members: dict[str, tarfmt.Member] = field(default_factory=dict)
     total_size: int | None = None
+    index: Any = None  # for kind "hdf5": the hdf5.load.Loaded that produced rset
 
     def resolve(self, target: str) -> Location:
         """Concrete location of a (template-expanded) reference target; RefError if refused."""
@@ -112,9 +118,23 @@ def is_tar_head(head: bytes) -> bool:
     return len(head) >= 262 and head[257:262] == b"ustar"
 
 
+def hdf5_superblock(head: bytes) -> int | None:
+    """Offset of the HDF5 signature within ``head`` (0 or a user-block size), or None."""
+    for off in SUPERBLOCK_OFFSETS:
+        if off + 8 > len(head):
+            return None
+        if head[off : off + 8] == HDF5_MAGIC:
+            return off
+    return None
+
+
+def looks_hdf5(where: str) -> bool:
+    return where.lower().endswith(HDF5_EXTENSIONS)
+
+
 def sniff(head: bytes, where: str) -> str:
     """Kind of a file from its first bytes: 'tar', 'json' or 'hdf5'; FormatError otherwise."""
-    if head.startswith(HDF5_MAGIC):
+    if hdf5_superblock(head) is not None:
         return "hdf5"
     if is_tar_head(head):
         return "tar"
@@ -127,6 +147,8 @@ def sniff(head: bytes, where: str) -> str:
         raise FormatError(f"{where}: not a tar archive (truncated or damaged header)")
     if not stripped:
         raise FormatError(f"{where}: empty file")
+    if looks_hdf5(where):
+        raise FormatError(f"{where}: not an HDF5 file (no HDF5 signature; truncated or damaged?)")
     raise FormatError(f"{where}: not a LINDI file (neither JSON, tar nor HDF5)")
 
 
@@ -175,17 +197,72 @@ async def _load_tar(
     return await _rset_from_bytes(raw, f"{where}:lindi.json"), members, len(raw)
 
 
+@dataclass
+class HDF5Settings:
+    """How an HDF5 source is indexed: lindi's options, the index cache, a progress callback
+    (``progress(objects, chunks)``, called from a worker thread)."""
+
+    options: Any = None  # hdf5.indexer.IndexOptions; None: lindi's defaults
+    cache: Any = None  # hdf5.load.IndexCache or None
+    progress: Any = None
+
+
+async def _load_hdf5(
+    reader: Reader, source: str, remote: bool, total: int | None, settings: HDF5Settings | None
+) -> Container:
+    from .hdf5.load import load_index, local_validator
+
+    settings = settings or HDF5Settings()
+    if remote:
+        validator = await reader.http.validator(source)
+        read = reader.read
+        mtime = time.time()
+    else:
+        validator = local_validator(source)
+        read = None
+        mtime = os.stat(source).st_mtime
+    loaded = await load_index(
+        source,
+        remote=remote,
+        size=total,
+        read=read,
+        validator=validator,
+        options=settings.options,
+        cache=settings.cache,
+        progress=settings.progress,
+    )
+    rset = ReferenceSet.from_json(loaded.rfs, source)
+    c = Container("hdf5", source, remote, rset, mtime, 0, total_size=total)
+    c.index = loaded
+    return c
+
+
 async def open_container(
-    source: str, http: HttpClient, local: LocalFiles, fetch: Any = None
+    source: str,
+    http: HttpClient,
+    local: LocalFiles,
+    fetch: Any = None,
+    hdf5: HDF5Settings | None = None,
 ) -> Container:
     """Load SOURCE; raise SourceError/FormatError with a one-line message on any problem.
-    ``fetch(url, offset, size)``, when given, reads the remote index and lindi.json (cached)."""
+    ``fetch(url, offset, size)``, when given, reads the remote index and lindi.json (cached),
+    and an HDF5 file's metadata."""
     reader = Reader(http, local, fetch)
     if is_url(source):
         try:
             head, total = await http.get_head(source, HEAD_BYTES)
         except RefError as e:
             raise SourceError(str(e)) from None
+        if total is not None:
+            http.sizes.setdefault(source, total)
+        if hdf5_superblock(head) is None and looks_hdf5(source.split("?")[0]) and total:
+            # a user block larger than 1 KiB: look further for the signature
+            try:
+                more = await reader.read(source, 0, min(total, SUPERBLOCK_OFFSETS[-1] + 8))
+            except RefError as e:
+                raise SourceError(str(e)) from None
+            if hdf5_superblock(more) is not None:
+                head = more
         kind = sniff(head, source.split("?")[0])
         members: dict[str, tarfmt.Member] = {}
         if kind == "tar":
@@ -199,7 +276,7 @@ async def open_container(
                 raise SourceError(str(e)) from None
             rset, jsize = await _rset_from_bytes(raw, source), len(raw)
         else:
-            raise SourceError(f"{source}: HDF5 sources are not supported yet (convert with lindi)")
+            return await _load_hdf5(reader, source, True, total, hdf5)
         return Container(kind, source, True, rset, time.time(), jsize, members, total)
 
     path = os.path.abspath(source)
@@ -216,6 +293,10 @@ async def open_container(
         return Container("dir", path, False, rset, os.stat(lj).st_mtime, len(raw))
     try:
         head = await local.read(path, 0, min(HEAD_BYTES, st.st_size))
+        if hdf5_superblock(head) is None and not is_tar_head(head) and st.st_size > HEAD_BYTES:
+            more = await local.read(path, 0, min(st.st_size, SUPERBLOCK_OFFSETS[-1] + 8))
+            if hdf5_superblock(more) is not None:
+                head = more
     except (RefError, OSError) as e:
         raise SourceError(f"{source}: {e}") from None
     kind = sniff(head, source)
@@ -226,7 +307,7 @@ async def open_container(
         raw = await trio.Path(path).read_bytes()
         rset = await _rset_from_bytes(raw, source)
         return Container("json", path, False, rset, st.st_mtime, len(raw))
-    raise SourceError(f"{source}: HDF5 sources are not supported yet (convert with lindi)")
+    return await _load_hdf5(reader, path, False, st.st_size, hdf5)
 
 
 def container_from_archive(archive: Any, kind: str) -> Container:
@@ -246,12 +327,12 @@ def container_from_archive(archive: Any, kind: str) -> Container:
     )
 
 
-async def load_container(source: str) -> Container:
+async def load_container(source: str, hdf5: HDF5Settings | None = None) -> Container:
     """``open_container`` with clients of its own, closed again: for one-shot commands
     (``info``, ``create --from``) that only need the reference set."""
     http, local = HttpClient(), LocalFiles()
     try:
-        return await open_container(source, http, local)
+        return await open_container(source, http, local, hdf5=hdf5)
     finally:
         await http.aclose()
         local.close()

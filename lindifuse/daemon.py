@@ -13,7 +13,14 @@ import trio
 
 from .archive import open_archive
 from .cache import MemoryCache
-from .containers import HEAD_BYTES, Container, container_from_archive, is_tar_head, open_container
+from .containers import (
+    HEAD_BYTES,
+    Container,
+    HDF5Settings,
+    container_from_archive,
+    is_tar_head,
+    open_container,
+)
 from .content import ContentService
 from .disk_cache import AsyncDiskCache, DiskCache, default_cache_dir, default_cache_size
 from .errors import RefError
@@ -137,9 +144,12 @@ class FileSystem:
             target = expand_templates(link["url"], self.container.rset.templates)
             loc = self.container.resolve(target)
             t0 = time.monotonic()
+            opener = None
+            if loc.remote:
+                opener = await self._remote_opener(loc.where)
             try:
                 found = await trio.to_thread.run_sync(
-                    chunk_refs, loc.where, loc.remote, target, link["name"]
+                    chunk_refs, loc.where, loc.remote, target, link["name"], opener
                 )
             except Exception as e:  # h5py/remfile raise many kinds
                 raise RefError(
@@ -160,6 +170,20 @@ class FileSystem:
         finally:
             del self._ext_loading[node.inode]
             ev.set()
+
+    async def _remote_opener(self, url: str) -> Any:
+        """A file object for h5py over ``url`` whose reads go through this mount's fetcher (and
+        so its memory and disk caches), in aligned blocks: see ``hdf5.blockfile``."""
+        from .hdf5.blockfile import BlockFile
+
+        size = await self.http.content_length(url)
+        token = trio.lowlevel.current_trio_token()
+        fetch = self.fetcher.get
+
+        def read_range(offset: int, n: int) -> bytes:
+            return trio.from_thread.run(fetch, url, offset, n, trio_token=token)
+
+        return BlockFile(read_range, size)
 
     def describe(self) -> str:
         return f"{self.container.kind}, {self.tree.nfiles} keys, {'ro' if self.read_only else 'rw'}"
@@ -240,6 +264,26 @@ class FileSystem:
             self.local.close()
 
 
+def _log_index(c: Container) -> None:
+    ix = c.index
+    if ix.from_cache:
+        log.info("%s: HDF5 index from the cache (%.2fs)", c.source, ix.seconds)
+        return
+    r = ix.result
+    extra = f", {ix.requests} range requests, {ix.bytes_read} bytes" if c.remote else ""
+    log.info(
+        "%s: indexed HDF5: %d objects, %d chunks, %d external array links in %.2fs%s",
+        c.source,
+        r.objects,
+        r.chunks,
+        r.external_links,
+        ix.seconds,
+        extra,
+    )
+    for w in r.warnings:
+        log.warning("%s: %s", c.source, w)
+
+
 def _writable_kind(source: str) -> str | None:
     """'tar' or 'dir' when SOURCE is a local archive that can be mounted read-write."""
     if is_url(source):
@@ -270,7 +314,20 @@ async def open_disk_cache(opts: Any) -> AsyncDiskCache | None:
     return AsyncDiskCache(store)
 
 
-async def build_filesystem(opts: Any) -> FileSystem:
+def hdf5_settings(opts: Any, progress: Any = None) -> HDF5Settings:
+    """How the mount indexes an HDF5 source: lindi's options; finished indexes kept in the
+    persistent cache's directory (none with --no-cache)."""
+    from .hdf5.load import IndexCache
+
+    cache = None
+    if not getattr(opts, "no_cache", False):
+        cache = IndexCache(getattr(opts, "cache_dir", None) or default_cache_dir())
+    return HDF5Settings(cache=cache, progress=progress)
+
+
+async def build_filesystem(opts: Any, progress: Any = None) -> FileSystem:
+    """The file system for ``opts``; ``progress(objects, chunks)`` reports the indexing of an
+    HDF5 source (from a worker thread)."""
     http = HttpClient()
     local = LocalFiles()
     cache = MemoryCache(opts.memory_cache)
@@ -289,7 +346,11 @@ async def build_filesystem(opts: Any) -> FileSystem:
             return FileSystem(
                 container, http, local, cache, read_only=False, archive=archive, **extra
             )
-        container = await open_container(opts.source, http, local, fetch=fetcher.get)
+        container = await open_container(
+            opts.source, http, local, fetch=fetcher.get, hdf5=hdf5_settings(opts, progress)
+        )
+        if container.index is not None:
+            _log_index(container)
     except BaseException:
         if disk is not None:
             await disk.aclose()

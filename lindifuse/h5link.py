@@ -43,15 +43,21 @@ def find_link(zattrs_value: Any) -> dict[str, str] | None:
     return None
 
 
-def chunk_refs(location: str, remote: bool, ref_target: str, name: str) -> dict[str, list[Any]]:
+def chunk_refs(
+    location: str, remote: bool, ref_target: str, name: str, opener: Any = None
+) -> dict[str, list[Any]]:
     """``{chunk_name: [ref_target, byte_offset, size]}`` for every allocated chunk of dataset
-    ``name`` in the HDF5 file at ``location`` (a path, or a URL when ``remote``)."""
+    ``name`` in the HDF5 file at ``location`` (a path, or a URL when ``remote``). ``opener``,
+    when given, is the file object to read a remote file through (else remfile)."""
     import h5py
 
-    if remote:
+    if opener is not None:
+        fileobj: Any = opener
+        f = h5py.File(fileobj, "r")
+    elif remote:
         import remfile
 
-        fileobj: Any = remfile.File(location)
+        fileobj = remfile.File(location)
         f = h5py.File(fileobj, "r")
     else:
         fileobj = None

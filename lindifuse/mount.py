@@ -88,8 +88,29 @@ class _Ready:
 
     def __init__(self, fd: int | None) -> None:
         self.fd = fd
+        self._last_progress = 0.0
+        self._line: Any = None
+
+    def progress(self, objects: int, chunks: int) -> None:
+        """Indexing progress (called from a worker thread): to the waiting parent, which shows
+        it on its terminal, or to our own stderr when it is a terminal (``-f``)."""
+        if self.fd is None:
+            if self._line is None:
+                from .progress import ProgressLine
+
+                self._line = ProgressLine("indexing")
+            self._line.update(objects, chunks)
+            return
+        now = time.monotonic()
+        if now - self._last_progress < 0.1:
+            return
+        self._last_progress = now
+        with contextlib.suppress(OSError):
+            os.write(self.fd, f"PROGRESS {objects} {chunks}\n".encode())
 
     def _send(self, msg: str) -> None:
+        if self._line is not None:
+            self._line.close()
         if self.fd is None:
             return
         try:
@@ -147,7 +168,7 @@ async def serve(opts: MountOptions) -> int:
         # and freezing them afterwards keeps later collections from rescanning them.
         gc.disable()
         try:
-            fs = await build_filesystem(opts)
+            fs = await build_filesystem(opts, progress=ready.progress)
         finally:
             gc.freeze()
             gc.enable()
@@ -254,8 +275,7 @@ def start_background(opts: MountOptions, argv: list[str]) -> int:
             close_fds=True,
         )
     os.close(w)
-    with os.fdopen(r, "rb") as pipe:
-        msg = pipe.read().decode(errors="replace").strip()
+    msg = _wait_ready(r, opts.source)
     if msg == "OK":
         deadline = time.monotonic() + 30
         while True:
@@ -278,6 +298,28 @@ def start_background(opts: MountOptions, argv: list[str]) -> int:
             file=sys.stderr,
         )
     return 1 if rc == 0 else rc
+
+
+def _wait_ready(fd: int, source: str) -> str:
+    """Read the daemon's readiness pipe to its end: ``PROGRESS objects chunks`` lines (shown
+    on our terminal while an HDF5 source is indexed), then ``OK`` or ``ERR message``."""
+    from .progress import ProgressLine
+
+    line = ProgressLine(f"indexing {os.path.basename(source.rstrip('/')) or source}")
+    final = ""
+    try:
+        with os.fdopen(fd, "rb") as pipe:
+            for raw in pipe:
+                text = raw.decode(errors="replace").strip()
+                if text.startswith("PROGRESS "):
+                    parts = text.split()
+                    with contextlib.suppress(ValueError, IndexError):
+                        line.update(int(parts[1]), int(parts[2]))
+                elif text:
+                    final = text
+    finally:
+        line.close()
+    return final
 
 
 def _pid_alive(pid: int) -> bool:

@@ -202,3 +202,53 @@ def mount(tmp_path_factory):
                 f"--- log of {m.path} ---\n{m.log_text()[-5000:]}" for m in factory.mounts
             )
             pytest.fail("unclean unmount in teardown:\n  " + "\n  ".join(problems) + "\n" + logs)
+
+
+# -- HDF5 sources ----------------------------------------------------------------------
+
+
+class H5Files:
+    """HDF5 fixtures (tests/h5_fixtures.py) and lindi's own indexes of them.
+
+    ``features`` (every feature lindi handles), ``beyond`` (what lindi refuses: LZF, a large
+    compact dataset, an unwritten contiguous dataset, a scalar reference), ``lzf``,
+    ``extlink`` (an HDF5 external link), ``region`` (a region reference attribute),
+    ``many_chunks`` (one dataset of 2,000 chunks: over lindi's 1,000-chunk threshold),
+    ``userblock`` (the superblock after a 2 KiB user block), ``nwb`` (pynwb's NWB file with
+    TimeSeries, ElectricalSeries + electrodes region, units, links, a processing module).
+    ``oracle(name, *opts)``: lindi's index of ``name`` (h5-oracle options), made once.
+    """
+
+    def __init__(self, root: Path, lindi_gen) -> None:
+        import h5_fixtures as hf
+
+        self.root = root
+        self._gen = lindi_gen
+        self._oracles: dict[tuple, Path] = {}
+        self.features = root / "features.h5"
+        hf.make_features(str(self.features))
+        self.beyond = root / "beyond.h5"
+        hf.make_beyond_lindi(str(self.beyond))
+        self.extlink = root / "extlink.h5"
+        hf.make_external_link(str(self.extlink), str(root / "extlink_target.h5"))
+        self.region = root / "region.h5"
+        hf.make_region_ref(str(self.region))
+        self.many_chunks = root / "many_chunks.h5"
+        hf.make_many_chunks(str(self.many_chunks), n_chunks=2000, chunk=64)
+        self.userblock = root / "userblock.h5"
+        hf.make_userblock(str(self.userblock))
+        self.nwb = root / "full.nwb"
+        lindi_gen("make-nwb-full", self.nwb)
+
+    def oracle(self, name: str, *opts: str) -> Path:
+        key = (name, *opts)
+        if key not in self._oracles:
+            out = self.root / f"oracle-{len(self._oracles)}-{Path(name).stem}.json"
+            self._gen("h5-oracle", self.root / name, out, *opts)
+            self._oracles[key] = out
+        return self._oracles[key]
+
+
+@pytest.fixture(scope="session")
+def h5_files(lindi_gen, tmp_path_factory) -> H5Files:
+    return H5Files(tmp_path_factory.mktemp("h5"), lindi_gen)

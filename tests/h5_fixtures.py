@@ -219,6 +219,15 @@ def make_region_ref(path: str) -> None:
         f.attrs["region"] = d.regionref[10:20]
 
 
+def make_userblock(path: str, size: int = 2048) -> None:
+    """A small file whose superblock follows a ``size``-byte user block."""
+    with h5py.File(path, "w", userblock_size=size) as f:
+        f.create_dataset("x", data=np.arange(2000, dtype="<i4"), chunks=(500,), compression="gzip")
+        f.create_dataset("y", data=np.linspace(0, 1, 1500))
+    with open(path, "r+b") as f:
+        f.write(b"user block: not HDF5".ljust(64, b" "))
+
+
 def make_many_chunks(path: str, n_chunks: int = 20000, chunk: int = 256) -> None:
     """One 1-D int32 dataset of ``n_chunks`` gzip chunks (``chunk`` values each)."""
     with h5py.File(path, "w") as f:

@@ -39,6 +39,20 @@ Subcommands (all paths may be relative):
       Open SOURCE with lindi and read it with pynwb.NWBHDF5IO(file=f, mode="r"); print
       JSON {"session_description", "identifier", "acquisition": {name: {"data",
       "unit", "description", "comments", "rate", "starting_time", "type"}}}.
+  h5-oracle IN.h5 OUT.json [--split-size N] [--threshold N]
+      lindi's own index of IN.h5 (LindiH5ZarrStore.to_reference_file_system), chunk
+      references naming IN.h5's absolute path; --threshold 0 lists every chunk.
+  h5-compare INDEX.lindi.json IN.h5
+      Open INDEX with lindi (LindiH5pyFile) and compare every dataset's values and every
+      attribute of every object with h5py's reading of IN.h5; print JSON
+      {"checked": N, "problems": [...]}.
+  make-nwb-full OUT.nwb
+      An NWB file written by pynwb with a TimeSeries with timestamps, an ElectricalSeries with
+      an electrodes table region, a units table with ragged spike times, strings, a link
+      (a TimeSeries whose timestamps link to another's) and a processing module.
+  dump-nwb SOURCE [--lindi]
+      Read SOURCE with pynwb (through lindi with --lindi, else the HDF5 file itself) and print
+      its content as JSON, for comparing the two readings.
 """
 
 from __future__ import annotations
@@ -251,6 +265,8 @@ def fixtures(outdir: str, max_chunk_size: int) -> None:
 
 def _plain(v):
     """An attribute or value made JSON-serializable (numpy -> python, refs -> str)."""
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
     if isinstance(v, np.ndarray) and v.ndim == 0:
         return _plain(v[()])
     if isinstance(v, np.ndarray):
@@ -363,6 +379,204 @@ def read_nwb(source: str) -> None:
     print(json.dumps(out), flush=True)
 
 
+def h5_oracle(h5: str, out: str, split_size: int, threshold: int) -> None:
+    opts = lindi.LindiH5ZarrStoreOpts(
+        num_dataset_chunks_threshold=threshold or None,
+        contiguous_dataset_max_chunk_size=split_size or None,
+    )
+    path = os.path.abspath(h5)
+    with lindi.LindiH5ZarrStore.from_file(path, opts=opts, url=path) as store:
+        rfs = store.to_reference_file_system()
+    with open(out, "w") as fp:
+        json.dump(rfs, fp, indent=2, sort_keys=True)
+
+
+def _same(a, b) -> bool:
+    a, b = _plain(a), _plain(b)
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b or (a != a and b != b)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+def _ref_path(f, v):
+    """An object reference (h5py's or lindi's) as the path of its target."""
+    try:
+        return f[v].name
+    except Exception:
+        return str(v)
+
+
+def _norm_attr(f, v):
+    if isinstance(v, h5py.Reference) or v.__class__.__name__ == "LindiH5pyReference":
+        return ("ref", _ref_path(f, v))
+    return v
+
+
+def h5_compare(index: str, h5: str) -> None:
+    problems: list[str] = []
+    checked = 0
+    lf = lindi.LindiH5pyFile.from_lindi_file(index)
+    hf = h5py.File(h5, "r")
+
+    def visit(name, hobj):
+        nonlocal checked
+        link = hobj.parent.get(name.rsplit("/", 1)[-1], getlink=True) if name else None
+        if isinstance(link, (h5py.SoftLink, h5py.ExternalLink)):
+            return
+        lobj = lf.get(name) if name else lf
+        if lobj is None:
+            problems.append(f"{name}: missing in lindi's view")
+            return
+        for k in hobj.attrs:
+            hv = hobj.attrs[k]
+            try:
+                lv = lobj.attrs[k]
+            except Exception as e:
+                problems.append(f"{name} attr {k}: lindi cannot read it: {e}")
+                continue
+            if not _same(_norm_attr(hf, hv), _norm_attr(lf, lv)):
+                problems.append(f"{name} attr {k}: {_plain(hv)!r} != {_plain(lv)!r}")
+            checked += 1
+        if isinstance(hobj, h5py.Dataset):
+            hv = hobj[()]
+            try:
+                if hobj.dtype.names:  # lindi reads compound datasets field by field only
+                    lv = {n: np.asarray(lobj[n]).ravel() for n in hobj.dtype.names}
+                else:
+                    lv = lobj[()]
+            except Exception as e:
+                problems.append(f"{name}: lindi cannot read it: {e}")
+                return
+            if hobj.dtype.names:
+                lv = {n: [_norm_attr(lf, x) for x in lv[n]] for n in hobj.dtype.names}
+                hv = {
+                    n: [_norm_attr(hf, x) for x in np.asarray(hv[n]).ravel()]
+                    for n in hobj.dtype.names
+                }
+                ok = all(_same(hv[n], lv[n]) for n in hv)
+            elif h5py.check_dtype(ref=hobj.dtype) is not None:
+                ok = _same(
+                    [_ref_path(hf, x) for x in np.asarray(hv).ravel()],
+                    [_ref_path(lf, x) for x in np.asarray(lv).ravel()],
+                )
+            else:
+                ok = _same(np.asarray(hv).tolist(), np.asarray(lv).tolist())
+            if not ok:
+                problems.append(f"{name}: values differ")
+            checked += 1
+
+    visit("", hf)
+    hf.visititems(visit)
+    hf.close()
+    lf.close()
+    print(json.dumps({"checked": checked, "problems": problems}), flush=True)
+
+
+def make_nwb_full(path: str) -> None:
+    import datetime
+
+    from hdmf.common import DynamicTableRegion  # noqa: F401
+    from pynwb import NWBHDF5IO, NWBFile, TimeSeries
+    from pynwb.ecephys import ElectricalSeries
+    from pynwb.file import Subject
+
+    nwb = NWBFile(
+        session_description="lindifuse full test session",
+        identifier="lindifuse-full-1",
+        session_start_time=datetime.datetime(2024, 5, 1, 12, tzinfo=datetime.UTC),
+        experimenter=["Ada Lovelace", "Alan Turing"],
+        keywords=["hdf5", "lindi", "fuse"],
+        subject=Subject(subject_id="mouse-1", species="Mus musculus", age="P90D"),
+    )
+    rng = np.random.default_rng(5)
+    ts = TimeSeries(
+        name="position",
+        data=rng.standard_normal((2500, 2)).astype("float32"),
+        timestamps=np.arange(2500) / 50.0,
+        unit="cm",
+        description="with timestamps",
+    )
+    nwb.add_acquisition(ts)
+    linked = TimeSeries(
+        name="speed",
+        data=rng.standard_normal(2500).astype("float32"),
+        timestamps=ts,
+        unit="cm/s",
+    )
+    nwb.add_acquisition(linked)
+    device = nwb.create_device(name="probe")
+    group = nwb.create_electrode_group("shank0", description="shank", location="CA1", device=device)
+    for i in range(8):
+        nwb.add_electrode(
+            x=float(i), y=0.0, z=0.0, imp=1e6, location="CA1", filtering="none", group=group
+        )
+    region = nwb.create_electrode_table_region(list(range(8)), "all electrodes")
+    es = ElectricalSeries(
+        name="ephys",
+        data=rng.integers(-500, 500, size=(30000, 8)).astype("int16"),
+        electrodes=region,
+        rate=30000.0,
+        starting_time=0.0,
+    )
+    nwb.add_acquisition(es)
+    nwb.add_unit_column("quality", "sorting quality")
+    for u in range(5):
+        nwb.add_unit(spike_times=np.sort(rng.uniform(0, 50, size=10 + 7 * u)), quality="good")
+    mod = nwb.create_processing_module("behavior", "processed behavior")
+    mod.add(TimeSeries(name="smoothed", data=rng.standard_normal(1000), rate=10.0, unit="cm"))
+    with NWBHDF5IO(path, "w") as io:
+        io.write(nwb)
+
+
+def _dump_ts(obj) -> dict:
+    d = {"type": type(obj).__name__, "data": _plain(np.asarray(obj.data[:]))}
+    for attr in ("unit", "description", "rate", "starting_time"):
+        d[attr] = _plain(getattr(obj, attr, None))
+    if getattr(obj, "timestamps", None) is not None:
+        d["timestamps"] = _plain(np.asarray(obj.timestamps[:]))
+    if hasattr(obj, "electrodes"):
+        d["electrodes"] = _plain(list(obj.electrodes.data[:]))
+        d["electrode_locations"] = _plain(list(obj.electrodes.table["location"][:]))
+    return d
+
+
+def dump_nwb(source: str, through_lindi: bool) -> None:
+    import warnings
+
+    import pynwb
+
+    warnings.simplefilter("ignore")
+    f = _open(source) if through_lindi else h5py.File(source, "r")
+    try:
+        with pynwb.NWBHDF5IO(file=f, mode="r") as io:
+            nwb = io.read()
+            units = nwb.units
+            out = {
+                "session_description": nwb.session_description,
+                "identifier": nwb.identifier,
+                "experimenter": _plain(list(nwb.experimenter)),
+                "keywords": _plain(list(nwb.keywords[:])),
+                "subject": nwb.subject.subject_id,
+                "acquisition": {n: _dump_ts(o) for n, o in sorted(nwb.acquisition.items())},
+                "units": {
+                    "spike_times": [
+                        _plain(np.asarray(units["spike_times"][i])) for i in range(len(units))
+                    ],
+                    "quality": _plain(list(units["quality"][:])),
+                },
+                "processing": {
+                    m: {n: _dump_ts(o) for n, o in sorted(mod.data_interfaces.items())}
+                    for m, mod in sorted(nwb.processing.items())
+                },
+                "speed_timestamps_from": getattr(nwb.acquisition["speed"].timestamps, "name", None),
+            }
+    finally:
+        f.close()
+    print(json.dumps(out), flush=True)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -399,6 +613,19 @@ def main(argv=None) -> int:
     a.add_argument("out")
     a = sub.add_parser("read-nwb")
     a.add_argument("source")
+    a = sub.add_parser("h5-oracle")
+    a.add_argument("h5")
+    a.add_argument("out")
+    a.add_argument("--split-size", type=int, default=20_000_000)
+    a.add_argument("--threshold", type=int, default=1000)
+    a = sub.add_parser("h5-compare")
+    a.add_argument("index")
+    a.add_argument("h5")
+    a = sub.add_parser("make-nwb-full")
+    a.add_argument("out")
+    a = sub.add_parser("dump-nwb")
+    a.add_argument("source")
+    a.add_argument("--lindi", action="store_true")
     args = p.parse_args(argv)
     if args.cmd == "make-h5":
         make_h5(args.out, args.external_link)
@@ -418,6 +645,14 @@ def main(argv=None) -> int:
         make_nwb(args.out)
     elif args.cmd == "read-nwb":
         read_nwb(args.source)
+    elif args.cmd == "h5-oracle":
+        h5_oracle(args.h5, args.out, args.split_size, args.threshold)
+    elif args.cmd == "h5-compare":
+        h5_compare(args.index, args.h5)
+    elif args.cmd == "make-nwb-full":
+        make_nwb_full(args.out)
+    elif args.cmd == "dump-nwb":
+        dump_nwb(args.source, args.lindi)
     return 0
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from .. import __version__
 from .convert import (
     InlineArray,
     Unsupported,
@@ -140,7 +141,10 @@ class _Indexer:
         self._file_oid = _text(self.f.attrs.get("object_id", None))
         self._group("", self.f)
         self._tick(force=True)
-        rfs: dict[str, Any] = {"refs": self.refs, "version": 1}
+        meta: dict[str, Any] = {"generatedBy": "lindifuse", "generatedByVersion": __version__}
+        if self.result.warnings:
+            meta["warnings"] = list(self.result.warnings)
+        rfs: dict[str, Any] = {"generationMetadata": meta, "refs": self.refs, "version": 1}
         use_templates(rfs)
         self.result.rfs = rfs
         return self.result
