@@ -116,8 +116,25 @@ def test_plain_tar_is_not_a_lindi_tar(mount, tmp_path):
     assert_refused(mount, t, names="plain.tar", problem="not a .lindi.tar")
 
 
-def test_hdf5_file_is_refused_in_one_line(mount, lindi_files):
-    assert_refused(mount, lindi_files.h5, names="example.h5", problem="HDF5")
+@pytest.mark.parametrize(
+    "name, cut, problem",
+    [
+        ("truncated.h5", "half", ("truncated", "damaged")),
+        ("corrupt.nwb", "scribble", ("damaged", "HDF5")),
+        ("zeros.nwb", "zeros", "not an HDF5 file"),
+    ],
+)
+def test_bad_hdf5_file_is_refused_in_one_line(mount, lindi_files, tmp_path, name, cut, problem):
+    data = lindi_files.h5.read_bytes()
+    if cut == "half":
+        data = data[: len(data) // 3]
+    elif cut == "scribble":
+        data = data[:8] + b"\xff" * 4000 + data[4008:]
+    else:
+        data = b"\0" * len(data)
+    p = tmp_path / name
+    p.write_bytes(data)
+    assert_refused(mount, p, names=name, problem=problem)
 
 
 def test_directory_without_lindi_json(mount, tmp_path):

@@ -232,7 +232,7 @@ def test_beyond_lindi_is_described_or_reported(h5_files, run_cli, tmp_path):
     assert res.rc == 0, res.describe()
     refs = json.loads(out.read_text())["refs"]
     # LZF: the imagecodecs codec id; compact: its bytes inline; unwritten: no chunk at all
-    assert refs["lzf/.zarray"]["filters"] == [{"id": "imagecodecs_lzf"}]
+    assert refs["lzf/.zarray"]["filters"] == [{"header": False, "id": "imagecodecs_lzf"}]
     assert refs["compact_large/.zarray"]["compressor"] is None
     assert refs["compact_large/0"].startswith("base64:")
     assert "contiguous_unwritten/.zarray" in refs and "contiguous_unwritten/0" not in refs

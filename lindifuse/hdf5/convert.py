@@ -165,7 +165,7 @@ def codecs_for(ds: h5py.Dataset) -> list[dict[str, Any]]:
         elif code == H5Z_FLETCHER32:
             out.append({"id": "fletcher32"})
         elif code == H5Z_LZF:
-            out.append({"id": "imagecodecs_lzf"})
+            out.append({"header": False, "id": "imagecodecs_lzf"})
         elif code == H5Z_ZSTD:
             out.append({"checksum": False, "id": "zstd", "level": values[0] if values else 0})
         elif code == H5Z_BLOSC and len(values) >= 7:
