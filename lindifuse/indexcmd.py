@@ -120,7 +120,7 @@ async def _index(args: argparse.Namespace, progress: Any) -> Any:
     from .containers import HDF5Settings, open_container
     from .daemon import open_disk_cache
     from .fetch import Fetcher
-    from .hdf5.indexer import IndexOptions
+    from .hdf5.options import IndexOptions
     from .sources import HttpClient, LocalFiles
 
     options = IndexOptions(
