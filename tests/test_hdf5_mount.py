@@ -244,3 +244,37 @@ def test_create_from_nwb_amend_and_read_with_lindi_and_pynwb(
     got = json.loads(out.strip().splitlines()[-1])
     assert np.allclose(got["processing/derived/values"]["values"], values)
     assert got["processing/derived"]["attrs"]["description"] == "added through the mount"
+
+
+def test_mount_shows_indexing_progress_on_a_terminal(h5_files, tmp_path):
+    """`mount` (background) relays the daemon's indexing progress to its own terminal and still
+    returns only once the mount answers."""
+    from harness import cli_args, force_unmount, is_mounted, run_cli, terminate_pid
+    from test_hdf5_index import _under_a_terminal
+
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    log, pid_file = tmp_path / "log", tmp_path / "pid"
+    try:
+        rc, tty = _under_a_terminal(
+            cli_args(
+                "mount",
+                h5_files.many_chunks,
+                mp,
+                "--no-cache",
+                "--log-file",
+                log,
+                "--pid-file",
+                pid_file,
+            )
+        )
+        assert rc == 0, tty
+        assert "indexing many_chunks.h5:" in tty, tty
+        assert is_mounted(mp) and len(os.listdir(mp / "data")) == 2002
+    finally:
+        if is_mounted(mp):
+            res = run_cli("umount", mp)
+            if res.rc != 0:
+                force_unmount(mp)
+        if pid_file.exists():
+            terminate_pid(int(pid_file.read_text()))
