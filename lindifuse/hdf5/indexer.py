@@ -300,33 +300,37 @@ class _Indexer:
         self._tick()
 
     def _chunks(self, key: str, ds: h5py.Dataset, chunks: tuple[int, ...]) -> None:
-        # list.append as the callback keeps h5py's C loop free of Python frames; the names
-        # are made afterwards in one pass (about 3x faster than formatting in a callback)
-        infos: list[Any] = []
-        try:
-            ds.id.chunk_iter(infos.append)
-        except (AttributeError, NotImplementedError):  # HDF5 < 1.12.3: no H5Dchunk_iter
-            infos = [ds.id.get_chunk_info(i) for i in range(ds.id.get_num_chunks())]
-        url = self.target
-        refs = self.refs
-        prefix = key + "/"
-        if len(chunks) == 1:
-            c0 = chunks[0]
-            for info in infos:
-                refs[prefix + str(info.chunk_offset[0] // c0)] = [url, info.byte_offset, info.size]
-        else:
-            for info in infos:
-                name = ".".join(
-                    [str(o // c) for o, c in zip(info.chunk_offset, chunks, strict=True)]
-                )
-                refs[prefix + name] = [url, info.byte_offset, info.size]
-        self._count(len(infos))
-        masked = sum(1 for info in infos if info.filter_mask)
+        n, masked = add_chunk_refs(self.refs, key + "/", ds, chunks, self.target)
+        self._count(n)
         if masked:
             self.warn(
                 f"{ds.name}: {masked} chunks were stored with a filter skipped (HDF5 filter mask); "
                 "a Zarr reader will fail to decode them"
             )
+
+
+def add_chunk_refs(
+    refs: dict[str, Any], prefix: str, ds: h5py.Dataset, chunks: tuple[int, ...], target: str
+) -> tuple[int, int]:
+    """Put ``prefix + chunk name: [target, offset, size]`` in ``refs`` for every allocated chunk
+    of ``ds`` (one ``H5Dchunk_iter`` walk); returns (chunks, chunks stored with a filter skipped).
+
+    ``list.append`` as the callback keeps h5py's C loop free of Python frames; the names are
+    made afterwards in one pass (about 3x faster than formatting them in a callback)."""
+    infos: list[Any] = []
+    try:
+        ds.id.chunk_iter(infos.append)
+    except (AttributeError, NotImplementedError):  # HDF5 < 1.12.3: no H5Dchunk_iter
+        infos = [ds.id.get_chunk_info(i) for i in range(ds.id.get_num_chunks())]
+    if len(chunks) == 1:
+        c0 = chunks[0]
+        for info in infos:
+            refs[prefix + str(info.chunk_offset[0] // c0)] = [target, info.byte_offset, info.size]
+    else:
+        for info in infos:
+            name = ".".join([str(o // c) for o, c in zip(info.chunk_offset, chunks, strict=True)])
+            refs[prefix + name] = [target, info.byte_offset, info.size]
+    return len(infos), sum(1 for info in infos if info.filter_mask)
 
 
 def _grid_count(shape: tuple[int, ...], chunks: tuple[int, ...]) -> int:
