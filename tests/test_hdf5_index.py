@@ -246,7 +246,11 @@ def test_beyond_lindi_is_described_or_reported(h5_files, run_cli, tmp_path):
 
 @pytest.mark.parametrize(
     "fixture, name, what",
-    [("extlink", "/ext", "external link"), ("region", "region", "region reference")],
+    [
+        ("extlink", "/ext", "external link"),
+        ("region", "region", "region reference"),
+        ("plugins", "/bitshuffle", "filter 32008 (bitshuffle)"),
+    ],
 )
 def test_unrepresentable_objects_are_named_and_strict_fails(
     h5_files, run_cli, tmp_path, fixture, name, what

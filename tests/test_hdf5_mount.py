@@ -145,6 +145,17 @@ def test_beyond_lindi_values_through_the_mount(h5_files, mount):
     m.umount()
 
 
+def test_plugin_filter_with_a_numcodecs_codec_reads(h5_files, mount):
+    """Zstandard chunks (HDF5 plugin 32015) read through the mount with numcodecs' zstd, though
+    this HDF5 build cannot read them itself; bitshuffle (no codec) is left out and logged."""
+    m = mount(h5_files.plugins)
+    g = zarr.open_group(str(m.path), mode="r", zarr_format=2)
+    assert np.array_equal(g["zstd"][...], np.arange(1000, dtype="<i4"))
+    assert "bitshuffle" not in os.listdir(m.path)
+    assert "/bitshuffle: HDF5 filter 32008 (bitshuffle)" in m.log_text()
+    m.umount()
+
+
 def test_large_dataset_is_an_external_link_resolved_on_first_use(h5_files, mount):
     m = mount(h5_files.many_chunks)
     z = json.loads((m.path / "data/.zattrs").read_text())

@@ -85,8 +85,8 @@ class _Indexer:
     # -- reporting ---------------------------------------------------------------------------
 
     def warn(self, message: str) -> None:
+        """Something left out: reported by the caller (``index`` on stderr, a mount in its log)."""
         self.result.warnings.append(message)
-        log.warning("%s", message)
 
     def _tick(self, force: bool = False) -> None:
         if self.progress is None:
