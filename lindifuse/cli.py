@@ -231,6 +231,8 @@ def cmd_info(args: argparse.Namespace) -> int:
             print(f"  {e['target']}  ({e['refs']} refs, {e['bytes']} bytes)")
     for k in summary["rejected_keys"]:
         print(f"warning: rejected key {k!r}")
+    for w in summary.get("left_out", []):
+        print(f"warning: {w}")
     return 0
 
 

@@ -225,6 +225,10 @@ def test_info_on_hdf5(h5_files, run_cli):
     got = json.loads(res.stdout)
     assert got["kind"] == "hdf5" and got["arrays"] > 40 and got["groups"] > 10
     assert got["external"][0]["target"] == str(h5_files.features)
+    assert got["left_out"] == []
+    res = run_cli("info", h5_files.region)
+    assert res.rc == 0, res.describe()
+    assert "warning: / attribute 'region': region references" in res.stdout, res.stdout
 
 
 @pytest.mark.lindi
