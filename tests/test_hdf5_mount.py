@@ -293,3 +293,16 @@ def test_mount_shows_indexing_progress_on_a_terminal(h5_files, tmp_path):
                 force_unmount(mp)
         if pid_file.exists():
             terminate_pid(int(pid_file.read_text()))
+
+
+def test_cache_info_and_clear_cover_hdf5_indexes(h5_files, mount, run_cli, tmp_path):
+    cache = tmp_path / "cache"
+    m = mount(h5_files.features, None, "--cache-dir", cache)
+    m.umount()
+    res = run_cli("cache", "info", "--cache-dir", cache, "--json")
+    assert res.rc == 0 and json.loads(res.stdout)["hdf5_indexes"] == 1, res.describe()
+    res = run_cli("cache", "clear", "--cache-dir", cache)
+    assert res.rc == 0 and "removed 1 HDF5 indexes" in res.stdout, res.describe()
+    m = mount(h5_files.features, None, "--cache-dir", cache)
+    assert _log_has(m, "indexed HDF5")  # indexed again
+    m.umount()

@@ -79,6 +79,28 @@ class IndexCache:
             return None
         return doc if isinstance(doc, dict) and "refs" in doc else None
 
+    def info(self) -> tuple[int, int]:
+        """(indexes kept, their bytes)."""
+        n = size = 0
+        for folder, _, names in os.walk(self.root):
+            for name in names:
+                if name.endswith(".json"):
+                    n += 1
+                    with contextlib.suppress(OSError):
+                        size += os.stat(os.path.join(folder, name)).st_size
+        return n, size
+
+    def clear(self) -> tuple[int, int]:
+        """Delete every kept index (mounts index again what they mount next); (count, bytes)."""
+        n, size = self.info()
+        for folder, _, names in os.walk(self.root, topdown=False):
+            for name in names:
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(folder, name))
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
+        return n, size
+
     def put(self, key: str, rfs: dict[str, Any]) -> None:
         path = self._path(key)
         try:
