@@ -114,6 +114,15 @@ def _mount_parser(sub: Any) -> None:
         action="store_true",
         help="do not prefetch the next chunks of an array that is read sequentially",
     )
+    p.add_argument(
+        "--xarray",
+        action="store_true",
+        help="serve an xarray-ready view (read-only): every array's .zattrs gains "
+        "_ARRAY_DIMENSIONS named from the NWB schema embedded in the file (<array>_dim_<i> "
+        "where the schema says nothing), zero fill values become null, and lindi's "
+        "JSON-encoded string, reference and compound arrays are served as strings or "
+        "structured arrays that zarr 3 reads; see docs/semantics.md",
+    )
     p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
 
 
@@ -238,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
             opts = MountOptions(
                 source=args.source if "://" in args.source else os.path.abspath(args.source),
                 mountpoint=os.path.abspath(args.mountpoint),
-                read_only=args.read_only,
+                read_only=args.read_only or args.xarray,
                 fuse_options=args.fuse_options,
                 log_file=args.log_file,
                 log_level=args.log_level,
@@ -249,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
                 cache_size=args.cache_size,
                 no_cache=args.no_cache,
                 readahead=not args.no_readahead,
+                xarray=args.xarray,
             )
             if args.foreground:
                 return run_foreground(opts)

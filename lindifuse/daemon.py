@@ -296,4 +296,11 @@ async def build_filesystem(opts: Any) -> FileSystem:
         await http.aclose()
         local.close()
         raise
-    return FileSystem(container, http, local, cache, read_only=True, **extra)
+    fs = FileSystem(container, http, local, cache, read_only=True, **extra)
+    if getattr(opts, "xarray", False):
+        from .xview import install
+
+        t0 = time.monotonic()
+        await install(fs.tree, fs.content)
+        log.info("xarray view built in %.2fs", time.monotonic() - t0)
+    return fs
