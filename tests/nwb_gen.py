@@ -4,13 +4,15 @@ Run with the *lindi* venv's python (it has pynwb, hdmf and lindi; the main test 
 neither): ``python tests/nwb_gen.py OUTDIR``. Writes, in OUTDIR:
 
   full.nwb, full.lindi.tar, full.lindi.json
-      pynwb 'NWBFile' with: acquisition/ts (TimeSeries, float64 (25, 2), explicit timestamps),
-      acquisition/es (ElectricalSeries, int16 (100, 3) with zeros, rate 1 kHz, an electrodes
-      DynamicTableRegion into a 4-row electrodes table with string and reference columns),
-      acquisition/img (ImageSeries uint8 (5, 4, 3)), a units table with ragged spike_times
-      (VectorData + VectorIndex, 6 values) and a ragged text column 'tags' (3 values), a trials table (TimeIntervals, with a 'timeseries'
-      compound column holding object references), processing/behavior (ProcessingModule
-      holding a TimeSeries 'speed' sharing the timestamps' length with its data).
+      pynwb's NWBFile with: acquisition/ts (TimeSeries, float64 (25, 2), explicit
+      timestamps); acquisition/es (ElectricalSeries, int16 (2000, 3) with many zeros in gzip
+      chunks of (500, 3), rate 1 kHz, an electrodes DynamicTableRegion into a 4-row electrodes
+      table with string and reference columns); acquisition/img (ImageSeries, uint8
+      (20, 16, 12), contiguous); a units table with ragged spike_times (6 values) and a ragged
+      text column 'tags' (3 values); a trials table (TimeIntervals with a 'timeseries' compound
+      column holding object references); processing/behavior (ProcessingModule holding a
+      TimeSeries 'speed'). The two large arrays are referenced in the .nwb by lindi (template
+      'u1'), everything else is inline.
   noschema.nwb, noschema.lindi.tar
       The same file written with cache_spec=False: no specifications group.
   badschema.nwb, badschema.lindi.tar
@@ -53,7 +55,13 @@ def build_nwbfile():
     for i in range(4):
         nwb.add_electrode(group=grp, location=f"CA{i}", x=float(i), y=0.5, z=0.0)
     region = nwb.create_electrode_table_region(region=[0, 1, 3], description="three")
-    es_data = (np.arange(300, dtype=np.int16) % 7).reshape(100, 3)  # many exact zeros
+    from hdmf.backends.hdf5 import H5DataIO
+
+    # large enough that lindi references its chunks in the .nwb instead of inlining them;
+    # gzip-compressed chunks, many exact zeros
+    es_data = H5DataIO(
+        (np.arange(6000, dtype=np.int16) % 7).reshape(2000, 3), chunks=(500, 3), compression="gzip"
+    )
     nwb.add_acquisition(
         ElectricalSeries(name="es", data=es_data, electrodes=region, rate=1000.0, starting_time=0.0)
     )
@@ -64,7 +72,7 @@ def build_nwbfile():
     nwb.add_acquisition(
         ImageSeries(
             name="img",
-            data=np.arange(60, dtype=np.uint8).reshape(5, 4, 3),
+            data=(np.arange(20 * 16 * 12) % 251).astype(np.uint8).reshape(20, 16, 12),
             unit="n.a.",
             rate=30.0,
         )

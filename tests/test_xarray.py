@@ -304,3 +304,35 @@ def test_lindi_fixture_compound_and_strings(mount, lindi_files):
             tree["acquisition/ts"]["timestamps"].values, f["acquisition/ts/timestamps"][()]
         )
     assert "served as compound (structured)" in m.log_text()
+
+
+# -- remote source, read-only ------------------------------------------------------------------
+
+
+def test_remote_lindi_json_over_http(mount, nwb_dir, http_server):
+    """The same view from a remote .lindi.json whose chunk refs are URLs of the .nwb: the schema
+    and metadata come with the JSON, chunks by range requests."""
+    refs = json.loads((nwb_dir / "full.lindi.json").read_text())
+    assert refs.get("templates"), "lindi references the .nwb through a template"
+    http_server.add_file("full.nwb", nwb_dir / "full.nwb")
+    refs["templates"] = {k: http_server.url("full.nwb") for k in refs["templates"]}
+    (http_server.root / "remote.lindi.json").write_text(json.dumps(refs))
+    m = mount(http_server.url("remote.lindi.json"), None, "--xarray", "--no-cache")
+    assert _dims(m.path, "acquisition/es/data") == ["num_times", "num_channels"]
+    tree = _open_tree(m.path)
+    with h5py.File(nwb_dir / "full.nwb", "r") as f:
+        for name in ("acquisition/es/data", "acquisition/img/data", "units/spike_times"):
+            group, _, var = name.rpartition("/")
+            _assert_equal(name, tree[group][var].values, f[name][()])
+    assert http_server.count("full.nwb") > 0
+
+
+def test_xarray_mount_is_read_only(mount, nwb_dir, tmp_path):
+    """A local .lindi.tar normally mounts read-write; with --xarray it is read-only."""
+    src = tmp_path / "copy.lindi.tar"
+    src.write_bytes((nwb_dir / "full.lindi.tar").read_bytes())
+    m = mount(src, None, "--xarray")
+    with pytest.raises(OSError) as e:
+        (m.path / "new_file").write_bytes(b"x")
+    assert e.value.errno == 30  # EROFS
+    assert (m.path / "acquisition/ts/data/.zattrs").stat().st_mode & 0o222 == 0
