@@ -203,7 +203,7 @@ async def _load_schema(content: ContentService, tree: Tree, view: XarrayView) ->
                 where = f"specifications/{ns}/{version}/{source}"
                 try:
                     text = await _read_text(content, s_node)
-                except (RefError, ValueError, TypeError, KeyError) as e:
+                except Exception as e:  # codecs raise many kinds; a bad document never stops us
                     view.problems.append(f"{where}: unreadable ({e})")
                     continue
                 if text is not None:
