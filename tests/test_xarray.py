@@ -340,3 +340,64 @@ def test_xarray_mount_is_read_only(mount, nwb_dir, tmp_path):
         (m.path / "new_file").write_bytes(b"x")
     assert e.value.errno == 30  # EROFS
     assert (m.path / "acquisition/ts/data/.zattrs").stat().st_mode & 0o222 == 0
+
+
+# -- arrays zarr cannot read; existing names; other fill values ---------------------------------
+
+
+def _b64(data: bytes) -> str:
+    import base64
+
+    return "base64:" + base64.b64encode(data).decode()
+
+
+def test_unreadable_arrays_left_out_with_a_log_line_each(mount, tmp_path):
+    import numcodecs
+
+    def zarray(dtype, shape, fill, filters=None):
+        return {
+            "chunks": list(shape),
+            "compressor": None,
+            "dtype": dtype,
+            "fill_value": fill,
+            "filters": filters,
+            "order": "C",
+            "shape": list(shape),
+            "zarr_format": 2,
+        }
+
+    strs = np.array(["a", "bb", ""], dtype=object)
+    named_attrs = {"_ARRAY_DIMENSIONS": ["t"], "k": 1}
+    refs = {
+        ".zgroup": {"zarr_format": 2},
+        "good/.zarray": zarray("<i2", (4,), -1),
+        "good/0": _b64(np.array([0, 1, -1, 3], dtype="<i2").tobytes()),
+        "pickled/.zarray": zarray("|O", (1,), None, [{"id": "pickle"}]),
+        "pickled/0": _b64(b"\x80\x04N."),
+        "badmeta/.zarray": "not json {",
+        "badmeta/0": _b64(b"\0\0"),
+        "strs/.zarray": zarray("|O", (3,), None, [{"id": "vlen-utf8"}]),
+        "strs/0": _b64(bytes(numcodecs.VLenUTF8().encode(strs))),
+        "named/.zarray": zarray("<f8", (2,), 0.0),
+        "named/.zattrs": named_attrs,
+        "named/0": _b64(np.array([0.0, 2.5]).tobytes()),
+    }
+    src = tmp_path / "edge.lindi.json"
+    src.write_text(json.dumps({"version": 1, "refs": refs}))
+    m = mount(src, None, "--xarray")
+    names = sorted(os.listdir(m.path))
+    assert names == [".zgroup", "good", "named", "strs"]
+    log = m.log_text()
+    assert log.count("xarray view: pickled left out: object array with codec 'pickle'") == 1
+    assert log.count("xarray view: badmeta left out: unreadable metadata") == 1
+    assert "no embedded schema" in log
+    # an existing _ARRAY_DIMENSIONS: .zattrs untouched (only the zero fill value changes)
+    assert (m.path / "named/.zattrs").read_bytes() == json.dumps(named_attrs).encode()
+    assert json.loads((m.path / "named/.zarray").read_text())["fill_value"] is None
+    # a non-zero fill value is kept, and xarray masks it (documented)
+    assert json.loads((m.path / "good/.zarray").read_text())["fill_value"] == -1
+    ds = xr.open_zarr(m.path, **OPEN)
+    assert ds.good.dims == ("good_dim_0",)
+    assert np.isnan(ds.good.values[2]) and ds.good.values[3] == 3
+    assert ds.named.dims == ("t",) and ds.named.values.tolist() == [0.0, 2.5]
+    assert [str(s) for s in ds.strs.values] == ["a", "bb", ""]
