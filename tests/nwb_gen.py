@@ -11,7 +11,8 @@ neither): ``python tests/nwb_gen.py OUTDIR``. Writes, in OUTDIR:
       (20, 16, 12), contiguous); a units table with ragged spike_times (6 values) and a ragged
       text column 'tags' (3 values); a trials table (TimeIntervals with a 'timeseries' compound
       column holding object references); processing/behavior (ProcessingModule holding a
-      TimeSeries 'speed'). The two large arrays are referenced in the .nwb by lindi (template
+      TimeSeries 'speed'); processing/ophys/ImageSegmentation/cells (PlaneSegmentation with a
+      ragged numeric compound pixel_mask (x, y, weight)). The two large arrays are referenced in the .nwb by lindi (template
       'u1'), everything else is inline.
   noschema.nwb, noschema.lindi.tar
       The same file written with cache_spec=False: no specifications group.
@@ -79,6 +80,23 @@ def build_nwbfile():
     )
     nwb.add_trial(start_time=0.0, stop_time=1.0, timeseries=[ts])
     nwb.add_trial(start_time=1.0, stop_time=2.0, timeseries=[ts])
+    from pynwb.ophys import ImageSegmentation, OpticalChannel
+
+    plane = nwb.create_imaging_plane(
+        name="plane",
+        optical_channel=OpticalChannel("green", "green channel", 510.0),
+        description="one plane",
+        device=nwb.create_device(name="microscope"),
+        excitation_lambda=920.0,
+        imaging_rate=30.0,
+        indicator="GCaMP6f",
+        location="V1",
+    )
+    seg = ImageSegmentation()
+    nwb.create_processing_module(name="ophys", description="optical physiology").add(seg)
+    cells = seg.create_plane_segmentation(description="rois", imaging_plane=plane, name="cells")
+    cells.add_roi(pixel_mask=[(1, 2, 0.5), (3, 4, 1.0)])  # compound (x, y, weight), ragged
+    cells.add_roi(pixel_mask=[(5, 6, 0.25)])
     mod = nwb.create_processing_module(name="behavior", description="behaviour")
     mod.add(
         TimeSeries(
