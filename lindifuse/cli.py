@@ -27,6 +27,7 @@ examples:
   python -c 'import zarr; print(zarr.open_group("/mnt/session", mode="r", zarr_format=2).tree())'
   lindifuse umount /mnt/session
   lindifuse info session.lindi.tar
+  lindifuse mount session.nwb.lindi.tar /mnt/nwb --xarray    # for xarray.open_datatree
 
 exit status: 0 on success, 1 when the source, the mount point or the operation failed
 (one line on stderr says which file and why), 2 on a usage error.
