@@ -30,6 +30,7 @@ examples:
   lindifuse mount sub-01_ses-01.nwb /mnt/nwb          # HDF5/NWB directly, read-only
   lindifuse index sub-01_ses-01.nwb -o sub-01.lindi.json
   lindifuse info session.lindi.tar
+  lindifuse mount session.nwb.lindi.tar /mnt/nwb --xarray    # for xarray.open_datatree
 
 exit status: 0 on success, 1 when the source, the mount point or the operation failed
 (one line on stderr says which file and why), 2 on a usage error.
@@ -117,6 +118,15 @@ def _mount_parser(sub: Any) -> None:
         "--no-readahead",
         action="store_true",
         help="do not prefetch the next chunks of an array that is read sequentially",
+    )
+    p.add_argument(
+        "--xarray",
+        action="store_true",
+        help="serve an xarray-ready view (read-only): every array's .zattrs gains "
+        "_ARRAY_DIMENSIONS named from the NWB schema embedded in the file (<array>_dim_<i> "
+        "where the schema says nothing), zero fill values become null, and lindi's "
+        "JSON-encoded string, reference and compound arrays are served as strings or "
+        "structured arrays that zarr 3 reads; see docs/semantics.md",
     )
     p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
 
@@ -248,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
             opts = MountOptions(
                 source=args.source if "://" in args.source else os.path.abspath(args.source),
                 mountpoint=os.path.abspath(args.mountpoint),
-                read_only=args.read_only,
+                read_only=args.read_only or args.xarray,
                 fuse_options=args.fuse_options,
                 log_file=args.log_file,
                 log_level=args.log_level,
@@ -259,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
                 cache_size=args.cache_size,
                 no_cache=args.no_cache,
                 readahead=not args.no_readahead,
+                xarray=args.xarray,
             )
             if args.foreground:
                 return run_foreground(opts)

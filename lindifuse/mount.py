@@ -42,6 +42,7 @@ class MountOptions:
     cache_size: int | None = None  # its bound (default min(10 GiB, 10% of free space))
     no_cache: bool = False  # no persistent chunk cache
     readahead: bool = True  # read-ahead of sibling chunks on sequential reads
+    xarray: bool = False  # serve the xarray view (lindifuse.xview); implies read-only
 
 
 def setup_logging(log_file: str | None, level: str) -> None:
