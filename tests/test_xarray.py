@@ -3,9 +3,8 @@
 Files come from tests/nwb_gen.py (run with the lindi venv: pynwb writes, lindi converts).
 Reference values come from h5py on the .nwb file itself, in this process.
 
-SOURCES lists how a generated NWB file is mounted: every test that mounts runs once per entry.
-To also run the tests straight on the .nwb once HDF5 mounts exist, add
-``"nwb": lambda d, stem: d / f"{stem}.nwb"``.
+SOURCES lists how a generated NWB file is mounted: every test that mounts runs once per entry
+(lindi's .lindi.tar and .lindi.json, and the .nwb itself as an HDF5 source).
 """
 
 from __future__ import annotations
@@ -29,6 +28,7 @@ NWB_GEN = str(Path(__file__).resolve().parent / "nwb_gen.py")
 SOURCES: dict[str, Callable[[Path, str], Path]] = {
     "lindi.tar": lambda d, stem: d / f"{stem}.lindi.tar",
     "lindi.json": lambda d, stem: d / f"{stem}.lindi.json",
+    "nwb": lambda d, stem: d / f"{stem}.nwb",
 }
 
 OPEN = {"zarr_format": 2, "consolidated": False}
