@@ -306,3 +306,22 @@ def test_cache_info_and_clear_cover_hdf5_indexes(h5_files, mount, run_cli, tmp_p
     m = mount(h5_files.features, None, "--cache-dir", cache)
     assert _log_has(m, "indexed HDF5")  # indexed again
     m.umount()
+
+
+@pytest.mark.lindi
+def test_create_from_remote_nwb_references_the_url(
+    h5_files, run_cli, http_server, lindi_gen, tmp_path
+):
+    http_server.add_file("full.nwb", h5_files.nwb)
+    url = http_server.url("full.nwb")
+    archive = tmp_path / "remote.lindi.tar"
+    res = run_cli("create", archive, "--from", url)
+    assert res.rc == 0, res.describe()
+    res = run_cli("info", archive, "--json")
+    got = json.loads(res.stdout)
+    assert [e["target"] for e in got["external"]] == [url]
+    direct = lindi_gen("dump-nwb", h5_files.nwb).stdout
+    via = lindi_gen("dump-nwb", archive, "--lindi").stdout  # lindi reads the chunks by URL
+    a = json.loads([x for x in direct.splitlines() if x.startswith("{")][-1])
+    b = json.loads([x for x in via.splitlines() if x.startswith("{")][-1])
+    assert a == b
