@@ -262,7 +262,8 @@ class LindiOperations(pyfuse3.Operations):
         try:
             return await self.content.read(node, off, size)
         except RefError as e:
-            _read_errors.error(str(e), "read failed: %s", e)
+            # keyed by the cause without the file's name: a dead server is one storm
+            _read_errors.error(str(e).removeprefix(f"{node.key}: "), "read failed: %s", e)
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     async def release(self, fh: int) -> None:
@@ -466,7 +467,8 @@ class WritableOperations(LindiOperations):
         try:
             return await self.content.read(node, off, size)
         except RefError as e:
-            _read_errors.error(str(e), "read failed: %s", e)
+            # keyed by the cause without the file's name: a dead server is one storm
+            _read_errors.error(str(e).removeprefix(f"{node.key}: "), "read failed: %s", e)
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:

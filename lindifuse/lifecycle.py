@@ -52,13 +52,20 @@ def mount_type(mountpoint: str, mounts_file: str = "/proc/mounts") -> str | None
     return found
 
 
+# "Transport endpoint is not connected" (the daemon died), "Software caused connection abort"
+# (the connection was aborted, e.g. through /sys/fs/fuse/connections)
+DEAD_ERRNOS = (errno.ENOTCONN, errno.ECONNABORTED)
+
+
 def is_dead_mount(mountpoint: str) -> bool:
-    """True when a FUSE mount is there but its daemon is gone ("Transport endpoint is not
-    connected", ENOTCONN) — what a killed daemon leaves behind."""
+    """True when a FUSE mount is there but its daemon is gone — what a killed daemon leaves
+    behind."""
     try:
-        os.stat(mountpoint)
+        # statfs always reaches the daemon (stat of the root may be answered from the
+        # kernel's attribute cache)
+        os.statvfs(mountpoint)
     except OSError as e:
-        return e.errno == errno.ENOTCONN
+        return e.errno in DEAD_ERRNOS
     return False
 
 

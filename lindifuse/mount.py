@@ -122,6 +122,16 @@ def _sd_notify(state: str) -> None:
 
 
 def _check_mountpoint(mp: str) -> None:
+    _clear_dead_mount(mp)
+    if not os.path.isdir(mp):
+        raise SourceError(f"{mp}: mount point is not a directory")
+    if is_mounted(mp):
+        raise SourceError(f"{mp}: something is already mounted there")
+
+
+def _clear_dead_mount(mp: str) -> None:
+    """Detach a dead lindifuse mount at ``mp`` (saying so on stderr), or raise SourceError
+    with the command that clears it."""
     from .lifecycle import clear_dead_mount, fix_command, is_dead_mount, mount_type
 
     if is_mounted(mp) and is_dead_mount(mp):
@@ -140,10 +150,6 @@ def _check_mountpoint(mp: str) -> None:
             )
         log.warning("%s: cleared a dead lindifuse mount left by a daemon that was killed", mp)
         print(f"lindifuse: {mp}: cleared a dead mount left by a killed daemon", file=sys.stderr)
-    if not os.path.isdir(mp):
-        raise SourceError(f"{mp}: mount point is not a directory")
-    if is_mounted(mp):
-        raise SourceError(f"{mp}: something is already mounted there")
 
 
 async def serve(opts: MountOptions) -> int:
@@ -291,6 +297,11 @@ def run_foreground(opts: MountOptions) -> int:
 
 def start_background(opts: MountOptions, argv: list[str]) -> int:
     """Spawn the daemon, wait until it is ready (or failed) and the mount answers."""
+    try:
+        _clear_dead_mount(opts.mountpoint)  # here, so the message reaches the user's terminal
+    except SourceError as e:
+        print(f"lindifuse: {e}", file=sys.stderr)
+        return 1
     log_file = opts.log_file or default_log_file(opts.mountpoint)
     os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
     r, w = os.pipe()
