@@ -50,24 +50,6 @@ VERSION = next(
 )
 
 
-@pytest.fixture(scope="module")
-def installed():
-    """``make install`` into a temporary prefix; ``make uninstall`` afterwards (checked)."""
-    inst = Install(new_install_root())
-    try:
-        res = inst.make("install")
-        assert res.returncode == 0, f"make install failed:\n{res.stdout}\n{res.stderr}"
-        yield inst
-        res = inst.make("uninstall", timeout=120)
-        assert res.returncode == 0, res.stderr
-        assert not inst.prefix.exists(), "make uninstall left the venv"
-        assert not (inst.bindir / "lindifuse").is_symlink()
-        assert not (inst.sbindir / "mount.fuse.lindifuse").is_symlink()
-        assert not (inst.unitdir / "lindifuse@.service").exists()
-    finally:
-        shutil.rmtree(inst.root, ignore_errors=True)
-
-
 @pytest.fixture
 def plain(tmp_path):
     d = tmp_path / "data"
@@ -77,7 +59,8 @@ def plain(tmp_path):
 
 @pytest.fixture
 def helpers(installed):
-    """/sbin/mount.{fuse.,}lindifuse -> the temporary install, under the system lock."""
+    """/sbin/mount.{fuse.,}lindifuse -> the temporary install (the session-wide ``installed``
+    fixture of conftest.py), under the system lock."""
     with system_lock(), sbin_helpers(installed):
         yield installed
 
