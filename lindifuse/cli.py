@@ -24,6 +24,7 @@ EPILOG = """\
 examples:
   lindifuse mount session.lindi.tar /mnt/session
   lindifuse mount https://example.org/data/file.lindi.json /mnt/remote --read-only
+  lindifuse session.lindi.tar /mnt/session -o ro,allow_other   # the form fstab uses
   python -c 'import zarr; print(zarr.open_group("/mnt/session", mode="r", zarr_format=2).tree())'
   lindifuse umount /mnt/session
   lindifuse info session.lindi.tar
@@ -213,7 +214,16 @@ def build_parser() -> argparse.ArgumentParser:
         "umount",
         help="unmount and wait for the daemon to exit",
         description="Unmount MOUNTPOINT and wait until its daemon has exited "
-        "(so every pending write has been committed).",
+        "(so every pending write has been committed). A writable mount first commits "
+        "durably; if that fails, the mount stays and the exit status is 1. A busy mount (a "
+        "process has a file open or its working directory inside) is not unmounted: the "
+        "processes are named and the exit status is 1; --lazy detaches it at once and the "
+        "daemon exits when the last file is closed. Ordinary users unmount through fusermount3.",
+        epilog="examples:\n"
+        "  lindifuse umount /mnt/session\n"
+        "  lindifuse umount --lazy /mnt/session      # busy: detach now, finish later\n"
+        "  umount /mnt/session                       # root: the same through umount(8)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
     p.add_argument("-z", "--lazy", action="store_true", help="lazy unmount (detach even if busy)")
@@ -230,6 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print the kind of SOURCE, its keys, groups and arrays, the bytes "
         "stored inline, inside the container and externally, and the "
         "external URLs or files it references.",
+        epilog="examples:\n"
+        "  lindifuse info session.lindi.tar\n"
+        "  lindifuse info https://example.org/data/file.lindi.json --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("source", metavar="SOURCE")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -241,6 +255,11 @@ def build_parser() -> argparse.ArgumentParser:
         "holding an empty root group that lindi opens, or, with --from, the references of SOURCE "
         "(a local or remote lindi.json or .lindi.tar; the internal references of a remote tar "
         "become byte ranges of its URL). Mount TARGET to add data without copying SOURCE.",
+        epilog="examples:\n"
+        "  lindifuse create new.lindi.tar                 # empty root group\n"
+        "  lindifuse create notes.lindi.d                 # a folder archive\n"
+        "  lindifuse create amended.lindi.tar --from https://example.org/sub-01.nwb.lindi.tar",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("target", metavar="TARGET")
     p.add_argument("--from", dest="source", metavar="SOURCE", help="start from these references")
@@ -251,6 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Verify a .lindi.tar or .lindi.d: tar headers against the index, the entry "
         "and index self-references, lindi.json, and that every internal reference lies inside "
         "its member. Exits 0 when clean, 1 with one line per problem otherwise.",
+        epilog="examples:\n"
+        "  lindifuse check session.lindi.tar\n"
+        "  lindifuse check --repair session.lindi.tar   # after a crash: fix, then re-check",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("source", metavar="ARCHIVE")
     p.add_argument("--repair", action="store_true", help="fix what can be fixed, then re-check")
@@ -260,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="rewrite an archive without trashed or unreferenced members",
         description="Copy IN to OUT keeping only the members lindi.json references (trashed JSON "
         "members, spares, overwritten and deleted blobs are left out).",
+        epilog="examples:\n  lindifuse compact session.lindi.tar session.compact.lindi.tar",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("src", metavar="IN")
     p.add_argument("dst", metavar="OUT")

@@ -176,6 +176,8 @@ async def serve(opts: MountOptions) -> int:
             gc.freeze()
             gc.enable()
     except LindiError as e:
+        if opts.log_file:  # the log says why too (on stderr, the line below is enough)
+            log.error("cannot mount: %s", e)
         ready.error(str(e))
         return 1
     fuse_opts = set(pyfuse3.default_options)

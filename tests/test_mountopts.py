@@ -312,3 +312,19 @@ def test_sd_notify_sends_datagrams(tmp_path, monkeypatch):
         monkeypatch.setenv("NOTIFY_SOCKET", path)
         mountmod._sd_notify("STATUS=hello")
         assert s.recv(4096) == b"STATUS=hello"
+
+
+@pytest.mark.parametrize(
+    "command", ["mount", "umount", "info", "create", "check", "compact", "stats", "cache"]
+)
+def test_every_command_help_has_examples(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main([command, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "examples:" in out
+    examples = out.split("examples:", 1)[1]
+    assert f"lindifuse {command}" in examples or command == "mount"
+    if command == "mount":
+        for o in ("cache_dir=", "allow_other", "x-systemd.*", "_netdev", "uid=", "umask="):
+            assert o in out, o
