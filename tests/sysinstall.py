@@ -101,7 +101,8 @@ def sbin_helpers(inst: Install) -> Iterator[None]:
         for name in HELPERS:
             p = SBIN / name
             if p.is_symlink():
-                saved[name] = os.readlink(p)
+                # a link left by an interrupted run points into a deleted temp dir: drop it
+                saved[name] = os.readlink(p) if p.exists() else None
                 p.unlink()
             elif p.exists():
                 raise RuntimeError(f"{p} exists and is not a link: not replacing it")

@@ -125,7 +125,9 @@ def test_wheel_builds_and_runs(tmp_path):
     shutil.copytree(
         REPO,
         src,
-        ignore=shutil.ignore_patterns(".venv*", ".git", "build", "*.egg-info", "__pycache__"),
+        ignore=shutil.ignore_patterns(
+            ".venv*", ".git", "build", "*.egg-info", "__pycache__", "_work", "demo", ".*_cache"
+        ),
     )
     out = tmp_path / "dist"
     res = run([sys.executable, "-m", "build", "--wheel", "--outdir", out, src], timeout=600)
