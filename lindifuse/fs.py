@@ -151,7 +151,7 @@ class LindiOperations(pyfuse3.Operations):
                 a.st_size = await self._file_size(node)
             except RefError as e:
                 # The file still exists: show it with size 0 so ls works; reads give EIO.
-                log.error("%s", e)
+                _read_errors.error(str(e), "%s", e)
                 a.st_size = 0
             a.st_blocks = (a.st_size + 511) // 512
         return a
@@ -167,7 +167,7 @@ class LindiOperations(pyfuse3.Operations):
             try:
                 await self.prepare_dir(node)
             except RefError as e:
-                log.error("%s", e)
+                _read_errors.error(str(e), "%s", e)
                 raise pyfuse3.FUSEError(errno.EIO) from None
 
     def _erofs(self) -> None:
@@ -285,7 +285,7 @@ class LindiOperations(pyfuse3.Operations):
             try:
                 r = await self.content.resolve(node)
             except RefError as e:
-                log.error("%s", e)
+                _read_errors.error(str(e), "%s", e)
                 raise pyfuse3.FUSEError(errno.EIO) from None
             return json.dumps(r.describe()).encode()
         raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
