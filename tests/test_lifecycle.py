@@ -12,16 +12,18 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import signal
 import socket
+import stat
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from harness import cli_args, force_unmount, is_mounted, pid_alive, run_cli, wait_until
+from harness import cli_args, force_unmount, is_mounted, pid_alive, run, run_cli, wait_until
 from plain_lindi import make_plain
 
 
@@ -209,3 +211,50 @@ def test_stop_under_systemd_leaves_no_dead_mount_unit_file_paths():
     assert "ExecStop=/usr/local/bin/lindifuse umount ${MOUNTPOINT}" in unit
     assert "ExecReload=/bin/kill -HUP $MAINPID" in unit
     assert "KillSignal=SIGTERM" in unit
+
+
+def test_o_options_reach_the_daemon(mount, plain):
+    """``-o`` spellings mean what the long options mean: seen in the live stats and attributes."""
+    m = mount(
+        plain.sources["plain.lindi.tar"],
+        None,
+        "-o",
+        "ro,no_cache,no_readahead,memory_cache=1M,uid=1234,gid=99,umask=027,nofail,_netdev",
+    )
+    stats = json.loads(os.getxattr(m.path, "user.lindifuse.stats"))
+    assert stats["disk_cache"]["enabled"] is False
+    assert stats["fetch"]["readahead"] is False
+    assert stats["memory_cache"]["max_bytes"] == 2**20
+    st = os.stat(m.path / "g/text/0")
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (1234, 99, 0o440)
+    st = os.stat(m.path / "g")
+    assert stat.S_IMODE(st.st_mode) == 0o550
+    with pytest.raises(OSError) as e:
+        (m.path / "x").write_text("x")
+    assert e.value.errno == errno.EROFS
+    m.umount()
+
+
+def test_mount_fuse3_form_without_subcommand(plain, tmp_path):
+    """``lindifuse SOURCE MOUNTPOINT -o OPTIONS``, exactly as mount.fuse3 runs it."""
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    pid_file = tmp_path / "pid"
+    opts = f"ro,pid_file={pid_file},log_file={tmp_path / 'log'},x-systemd.automount"
+    res = run(cli_args(plain.sources["plain.lindi.tar"], mp, "-o", opts), timeout=60)
+    try:
+        assert res.rc == 0, res.describe()
+        assert (mp / "g/text/0").read_bytes() == b"hello world"
+        assert "ro" in _mount_options(mp)
+        pid = int(pid_file.read_text())
+        assert run_cli("umount", mp).rc == 0
+        assert not is_mounted(mp) and not pid_alive(pid)
+    finally:
+        if is_mounted(mp):
+            force_unmount(mp)
+
+
+def _mount_options(mp: Path) -> list[str]:
+    with open("/proc/mounts") as f:
+        line = next(ln for ln in f if f" {mp} " in ln)
+    return line.split()[3].split(",")
