@@ -312,7 +312,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = ("mount", "umount", "info", "create", "check", "compact", "stats", "cache")
+def command_names(parser: argparse.ArgumentParser) -> tuple[str, ...]:
+    """The subcommands the parser knows (taken from it, so a new command is never mistaken for
+    the SOURCE of the command-less mount form)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return tuple(action.choices)
+    return ()
 
 
 def mount_option_table(parser: argparse.ArgumentParser) -> Any:
@@ -333,7 +339,9 @@ def mount_option_table(parser: argparse.ArgumentParser) -> Any:
     return OptionTable.from_long_options(long_options, frozenset(hidden))
 
 
-def normalize_argv(argv: list[str], prog: str) -> tuple[list[str], bool]:
+def normalize_argv(
+    argv: list[str], prog: str, commands: tuple[str, ...] | None = None
+) -> tuple[list[str], bool]:
     """Turn the mount(8)/mount.fuse3 forms into ``mount ...``; returns (argv, fake).
 
     ``mount.lindifuse SOURCE DIR [-sfnv] [-o OPTS]`` (prog named ``mount.*``, as mount(8) runs
@@ -346,7 +354,9 @@ def normalize_argv(argv: list[str], prog: str) -> tuple[list[str], bool]:
     if prog.startswith("mount."):
         call = parse_helper_argv(argv)
         return ["mount", *call.argv], call.fake
-    if argv and argv[0] not in COMMANDS and argv[0] not in ("-h", "--help", "--version"):
+    if commands is None:
+        commands = command_names(build_parser())
+    if argv and argv[0] not in commands and argv[0] not in ("-h", "--help", "--version"):
         return ["mount", *argv], False
     return argv, False
 
@@ -389,7 +399,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     from .mountopts import MountOptionError, expand_argv
 
     try:
-        argv, fake = normalize_argv(argv, prog)
+        argv, fake = normalize_argv(argv, prog, command_names(parser))
         if argv[:1] == ["mount"]:
             argv = ["mount", *expand_argv(argv[1:], mount_option_table(parser))]
     except MountOptionError as e:

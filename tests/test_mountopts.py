@@ -45,12 +45,14 @@ def test_every_long_mount_option_has_an_o_spelling(table):
         "pid_file",
         "foreground",
         "read_only",
+        "xarray",
     ):
         assert want in names, want
     assert "ready_fd" not in names  # hidden, internal
     assert "help" not in names
     assert table.options["cache_dir"] == ("--cache-dir", True)
     assert table.options["no_cache"] == ("--no-cache", False)
+    assert table.options["xarray"] == ("--xarray", False)
 
 
 @pytest.mark.parametrize(
