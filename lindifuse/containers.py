@@ -176,14 +176,20 @@ async def _load_tar(
 
 
 async def open_container(
-    source: str, http: HttpClient, local: LocalFiles, fetch: Any = None
+    source: str, http: HttpClient, local: LocalFiles, fetch: Any = None, head_of: Any = None
 ) -> Container:
     """Load SOURCE; raise SourceError/FormatError with a one-line message on any problem.
-    ``fetch(url, offset, size)``, when given, reads the remote index and lindi.json (cached)."""
+    ``fetch(url, offset, size)``, when given, reads the remote index and lindi.json (cached);
+    ``head_of(url, size) -> (bytes, total)``, when given, reads the first bytes of a remote
+    SOURCE (the daemon's fetcher keeps them in the persistent cache, so that a source mounted
+    once mounts again while its server fails, or with --offline)."""
     reader = Reader(http, local, fetch)
     if is_url(source):
         try:
-            head, total = await http.get_head(source, HEAD_BYTES)
+            if head_of is not None:
+                head, total = await head_of(source, HEAD_BYTES)
+            else:
+                head, total = await http.get_head(source, HEAD_BYTES)
         except RefError as e:
             raise SourceError(str(e)) from None
         kind = sniff(head, source.split("?")[0])
@@ -192,9 +198,12 @@ async def open_container(
             rset, members, jsize = await _load_tar(reader, source, head, total, True)
         elif kind == "json":
             try:
-                raw = (
-                    head if total is not None and len(head) >= total else await http.get_all(source)
-                )
+                if total is not None and len(head) >= total:
+                    raw = head
+                elif total is not None and fetch is not None:
+                    raw = await fetch(source, 0, total)  # kept in the persistent cache
+                else:
+                    raw = await http.get_all(source)
             except RefError as e:
                 raise SourceError(str(e)) from None
             rset, jsize = await _rset_from_bytes(raw, source), len(raw)

@@ -21,7 +21,7 @@ from .fetch import Fetcher, ReadAhead
 from .fs import LindiOperations, WritableOperations
 from .h5link import chunk_refs, find_link
 from .refs import expand_templates
-from .sources import HttpClient, LocalFiles, is_url
+from .sources import DEFAULT_TIMEOUT, HostRule, HttpClient, LocalFiles, is_url
 from .tree import Node, Tree
 from .writer import Writer
 
@@ -180,6 +180,11 @@ class FileSystem:
                 "retries": h.retries,
                 "errors": h.errors,
                 "full_body_fallbacks": h.full_body_fallbacks,
+                "version_changes": h.version_changes,
+                "retry_after_waits": h.retry_after,
+                "refused_hosts": h.refused_hosts,
+                "offline": self.http.offline,
+                "timeout": self.http.timeout,
                 "latency_ms": {"p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99)},
             },
             "memory_cache": {
@@ -271,7 +276,11 @@ async def open_disk_cache(opts: Any) -> AsyncDiskCache | None:
 
 
 async def build_filesystem(opts: Any) -> FileSystem:
-    http = HttpClient()
+    http = HttpClient(
+        timeout=getattr(opts, "timeout", None) or DEFAULT_TIMEOUT,
+        offline=getattr(opts, "offline", False),
+        allowed_hosts=HostRule(getattr(opts, "allowed_hosts", None) or ()),
+    )
     local = LocalFiles()
     cache = MemoryCache(opts.memory_cache)
     disk = await open_disk_cache(opts)
@@ -289,7 +298,9 @@ async def build_filesystem(opts: Any) -> FileSystem:
             return FileSystem(
                 container, http, local, cache, read_only=False, archive=archive, **extra
             )
-        container = await open_container(opts.source, http, local, fetch=fetcher.get)
+        container = await open_container(
+            opts.source, http, local, fetch=fetcher.get, head_of=fetcher.head
+        )
     except BaseException:
         if disk is not None:
             await disk.aclose()

@@ -27,6 +27,10 @@ Rules that make it safe:
 - The index row ``meta.total`` (kept by triggers) is the sum of entry sizes; whoever inserts
   evicts the least recently used entries (``atime``, updated in batches) down to 90% of its
   ``max_bytes`` in the same transaction.
+- The ``versions`` table remembers, per URL, the validator (and total size) the origin last
+  reported. It is what makes stale-if-error and ``--offline`` possible: when the origin cannot
+  be asked, entries stored under that validator are the ones "validated earlier" and may be
+  served; entries of older versions never are.
 - A damaged index (SQLite reports the database malformed) turns the cache off for this process
   with one log line; mounts keep working, from the network.
 
@@ -76,6 +80,12 @@ CREATE TABLE IF NOT EXISTS entries (
 CREATE INDEX IF NOT EXISTS entries_atime ON entries(atime);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta VALUES ('total', 0);
+CREATE TABLE IF NOT EXISTS versions (
+    url TEXT PRIMARY KEY,
+    validator TEXT NOT NULL,
+    size INTEGER,
+    time REAL NOT NULL
+);
 CREATE TRIGGER IF NOT EXISTS entries_add AFTER INSERT ON entries BEGIN
     UPDATE meta SET value = value + NEW.size WHERE name = 'total';
 END;
@@ -198,6 +208,37 @@ class DiskCache:
         with self._lock:
             self._touched[key] = time.time()
         return bytes(data)
+
+    def note_version(self, url: str, validator: str, size: int | None) -> None:
+        """Record that the origin reported ``validator`` (and total ``size``, when known) for
+        ``url``: the version whose entries may be served when the origin cannot be asked."""
+        if self.broken:
+            return
+        try:
+            with self._write_lock:
+                self._write_db.execute(
+                    "INSERT INTO versions VALUES (?, ?, ?, ?) ON CONFLICT(url) DO UPDATE SET "
+                    "size = CASE WHEN excluded.validator = versions.validator "
+                    "THEN coalesce(excluded.size, versions.size) ELSE excluded.size END, "
+                    "validator = excluded.validator, time = excluded.time",
+                    (url, validator, size, time.time()),
+                )
+        except sqlite3.Error as e:
+            self._fail(e)
+
+    def last_version(self, url: str) -> tuple[str, int | None] | None:
+        """(validator, size or None) last recorded for ``url``, or None."""
+        if self.broken:
+            return None
+        try:
+            with self._lock:
+                row = self._read_db.execute(
+                    "SELECT validator, size FROM versions WHERE url = ?", (url,)
+                ).fetchone()
+        except sqlite3.Error as e:
+            self._fail(e)
+            return None
+        return (row[0], row[1]) if row else None
 
     def get_many(self, keys: Iterable[str]) -> dict[str, bytes]:
         out = {}
@@ -367,6 +408,7 @@ class DiskCache:
             try:
                 n, nbytes = db.execute("SELECT count(*), total(size) FROM entries").fetchone()
                 db.execute("DELETE FROM entries")
+                db.execute("DELETE FROM versions")
                 db.execute("UPDATE meta SET value = 0 WHERE name = 'total'")
                 db.execute("COMMIT")
             except BaseException:
@@ -462,6 +504,14 @@ class AsyncDiskCache:
         if rest:
             out.update(await trio.to_thread.run_sync(self.store.get_many, rest))
         return out
+
+    async def note_version(self, url: str, validator: str, size: int | None) -> None:
+        if self._closed or self.store.broken:
+            return
+        await trio.to_thread.run_sync(self.store.note_version, url, validator, size)
+
+    async def last_version(self, url: str) -> tuple[str, int | None] | None:
+        return await trio.to_thread.run_sync(self.store.last_version, url)
 
     async def put(self, key: str, url: str, data: bytes) -> None:
         if self._closed or self.store.broken:

@@ -19,3 +19,18 @@ class FormatError(SourceError):
 
 class RefError(LindiError):
     """One reference cannot be served (404, out of range, bad base64): EIO on that file only."""
+
+
+class OriginError(RefError):
+    """The origin server could not deliver: connection refused, DNS failure, timeout, 5xx or
+    429 after the retries ran out, or ``--offline``. Bytes cached earlier may still be served
+    (stale-if-error); a 404 or 403 is a plain RefError (the object is gone or forbidden)."""
+
+
+class VersionChanged(RefError):
+    """A response carried another validator (ETag / Last-Modified) than the version of the
+    object this mount already served: the object was replaced on the server. Never mixed."""
+
+
+class HostNotAllowed(RefError):
+    """A reference (or a redirect) leads to a host outside ``--allowed-hosts``."""

@@ -42,6 +42,10 @@ class MountOptions:
     cache_size: int | None = None  # its bound (default min(10 GiB, 10% of free space))
     no_cache: bool = False  # no persistent chunk cache
     readahead: bool = True  # read-ahead of sibling chunks on sequential reads
+    offline: bool = False  # never use the network; serve what the persistent cache holds
+    timeout: float | None = None  # seconds without an answer before a request fails
+    allowed_hosts: list[str] = field(default_factory=list)  # hosts references may reach
+    no_local_refs: bool = False  # a local source may not reference local files either
 
 
 def setup_logging(log_file: str | None, level: str) -> None:
