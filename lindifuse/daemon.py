@@ -200,6 +200,8 @@ class FileSystem:
                 "flushes": self.writer.flushes,
                 "staged_files": len(self.writer.staged),
                 "pending_refs": self.writer.refs_dirty,
+                "refused_writes": self.writer.refused_writes,
+                "full_commits": self.writer.full_commits,
             },
         }
 

@@ -41,6 +41,7 @@ writer thread that commits queued entries in batches (one transaction for many s
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -95,6 +96,13 @@ END;
 """
 
 
+def _is_full(e: BaseException) -> bool:
+    """ENOSPC/EDQUOT, or SQLite's "database or disk is full"."""
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(e, sqlite3.OperationalError) and "full" in str(e).lower()
+
+
 def default_cache_dir() -> str:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
     return os.path.join(base, "lindifuse")
@@ -131,6 +139,7 @@ class DiskStats:
     evictions: int = 0
     errors: int = 0
     dropped_writes: int = 0
+    full: int = 0  # writes that failed because the cache's file system is full
 
 
 class DiskCache:
@@ -144,6 +153,7 @@ class DiskCache:
         self.inline_max = inline_max
         self.stats = DiskStats()
         self.broken: str | None = None
+        self._full_logged = False
         os.makedirs(self.data_dir, exist_ok=True)
         self._lock = threading.Lock()  # guards the read connection and the atime batch
         self._touched: dict[str, float] = {}
@@ -171,6 +181,17 @@ class DiskCache:
             if self.broken is None:
                 self.broken = str(e)
                 log.error("disk cache %s is damaged (%s): disabled for this mount", self.root, e)
+        elif _is_full(e):
+            # A full cache file system: reads go on from the network; say so once.
+            self.stats.full += 1
+            if not self._full_logged:
+                self._full_logged = True
+                log.warning(
+                    "disk cache %s: %s: chunks are not stored (reads go on from the network; "
+                    "logged once)",
+                    self.root,
+                    e,
+                )
         else:
             log.warning("disk cache %s: %s", self.root, e)
 
@@ -324,9 +345,14 @@ class DiskCache:
         except FileNotFoundError:
             os.makedirs(folder, exist_ok=True)
             f = open(tmp, "wb")  # noqa: SIM115
-        with f:
-            f.write(data)
-        os.rename(tmp, os.path.join(folder, fname))
+        try:
+            with f:
+                f.write(data)
+            os.rename(tmp, os.path.join(folder, fname))
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)  # a full disk: leave no partial file behind
+            raise
 
     def _flush_touched(self, db: sqlite3.Connection) -> None:
         with self._lock:

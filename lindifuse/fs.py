@@ -22,6 +22,7 @@ import pyfuse3
 
 from .content import ContentService
 from .errors import RefError
+from .space import is_no_space
 from .tree import Node, Tree
 from .writer import Writer
 
@@ -459,6 +460,11 @@ class WritableOperations(LindiOperations):
         except RefError as e:
             log.error("write failed: %s", e)
             raise pyfuse3.FUSEError(errno.EIO) from None
+        except OSError as e:
+            if is_no_space(e):
+                raise pyfuse3.FUSEError(e.errno) from None  # logged once by the writer
+            log.error("write of %s failed: %s", node.key, e)
+            raise pyfuse3.FUSEError(errno.EIO) from None
 
     # No flush(): pyfuse3's default answers ENOSYS, after which the kernel stops sending one on
     # every close(2). Content is committed on rename, fsync, the timer and unmount instead.
@@ -469,10 +475,14 @@ class WritableOperations(LindiOperations):
             await self.writer.fsync(node)
         except OSError as e:
             log.error("fsync of %s failed: %s", node.key, e)
-            raise pyfuse3.FUSEError(errno.EIO) from None
+            raise pyfuse3.FUSEError(e.errno if is_no_space(e) else errno.EIO) from None
 
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
-        await self.writer.flush(durable=True)
+        try:
+            await self.writer.flush(durable=True)
+        except OSError as e:
+            log.error("fsync of a directory failed: %s", e)
+            raise pyfuse3.FUSEError(e.errno if is_no_space(e) else errno.EIO) from None
 
     async def release(self, fh: int) -> None:
         node = self._handles.pop(fh, None)
@@ -486,7 +496,12 @@ class WritableOperations(LindiOperations):
         if fields.update_size:
             if node.children is not None:
                 raise pyfuse3.FUSEError(errno.EISDIR)
-            await self.writer.truncate(node, attr.st_size)
+            try:
+                await self.writer.truncate(node, attr.st_size)
+            except OSError as e:
+                if not is_no_space(e):
+                    raise
+                raise pyfuse3.FUSEError(e.errno) from None
         # Modes, owners and times are accepted but not stored (see docs/semantics.md).
         return await self._attrs(node)
 
@@ -593,7 +608,7 @@ class WritableOperations(LindiOperations):
                 await self.writer.flush(durable=True)
             except OSError as e:
                 log.error("requested flush failed: %s", e)
-                raise pyfuse3.FUSEError(errno.EIO) from None
+                raise pyfuse3.FUSEError(e.errno if is_no_space(e) else errno.EIO) from None
             return
         raise pyfuse3.FUSEError(errno.ENOTSUP)
 

@@ -306,10 +306,10 @@ def umount(mountpoint: str, *, lazy: bool = False, timeout: float = 120.0) -> in
         # reported; read-only mounts answer EROFS (ENOTSUP from older daemons).
         os.setxattr(mp, "user.lindifuse.flush", b"1")
     except OSError as e:
-        if e.errno == errno.EIO:
+        if e.errno in (errno.EIO, errno.ENOSPC, errno.EDQUOT):
+            why = "no space left on device" if e.errno != errno.EIO else "see the log"
             print(
-                f"lindifuse: {mountpoint}: flushing pending writes failed (see the log); "
-                "still mounted",
+                f"lindifuse: {mountpoint}: flushing pending writes failed ({why}); still mounted",
                 file=sys.stderr,
             )
             return 1
