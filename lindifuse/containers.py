@@ -26,7 +26,7 @@ import trio
 from . import tarfmt
 from .errors import FormatError, RefError, SourceError
 from .refs import ReferenceSet
-from .sources import HttpClient, LocalFiles, is_url
+from .sources import HostRule, HttpClient, LocalFiles, is_url
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 HEAD_BYTES = 1536  # first tar header + the 1024-byte .tar_entry.json data
@@ -52,6 +52,10 @@ class Container:
     json_size: int
     members: dict[str, tarfmt.Member] = field(default_factory=dict)
     total_size: int | None = None
+    # False (--no-local-refs, always for remote sources): references may read only URLs and
+    # the container's own members, as for a remote source.
+    local_refs: bool = True
+    hosts: HostRule | None = None  # --allowed-hosts (None or empty: any host)
 
     def resolve(self, target: str) -> Location:
         """Concrete location of a (template-expanded) reference target; RefError if refused."""
@@ -67,11 +71,22 @@ class Container:
             if self.remote:
                 return Location(urljoin(self.source, name), True)
             folder = self.source if self.kind == "dir" else os.path.dirname(self.source)
-            return Location(os.path.join(folder, name), False)
+            path = os.path.join(folder, name)
+            if self.kind == "dir" or not self.local_refs:
+                # A symlink may not lead a member out of its .lindi.d (nor, for an untrusted
+                # plain lindi.json, out of its folder).
+                real, top = os.path.realpath(path), os.path.realpath(folder)
+                if real != top and not real.startswith(top.rstrip("/") + "/"):
+                    raise RefError(f"reference {target!r} leads outside {folder} (symlink)")
+            return Location(path, False)
         if is_url(target):
+            if self.hosts is not None and not self.hosts.allows(target):
+                raise RefError(f"reference {target!r}: host not in --allowed-hosts")
             return Location(target, True)
         if self.remote:
             raise RefError(f"reference {target!r}: a remote source may not read local files")
+        if not self.local_refs:
+            raise RefError(f"reference {target!r}: --no-local-refs: local files may not be read")
         path = target[7:] if target.startswith("file://") else target
         if not os.path.isabs(path):
             folder = self.source if self.kind == "dir" else os.path.dirname(self.source)

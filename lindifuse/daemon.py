@@ -277,6 +277,14 @@ async def open_disk_cache(opts: Any) -> AsyncDiskCache | None:
     return AsyncDiskCache(store)
 
 
+def _restrict(container: Container, opts: Any, http: HttpClient) -> None:
+    """Apply --no-local-refs and --allowed-hosts to the references of ``container``."""
+    if getattr(opts, "no_local_refs", False) or container.remote:
+        container.local_refs = False
+    if http.hosts:
+        container.hosts = http.hosts
+
+
 async def build_filesystem(opts: Any) -> FileSystem:
     http = HttpClient(
         timeout=getattr(opts, "timeout", None) or DEFAULT_TIMEOUT,
@@ -297,12 +305,14 @@ async def build_filesystem(opts: Any) -> FileSystem:
             for line in archive.recovered:
                 log.warning("%s: recovered: %s", opts.source, line)
             container = container_from_archive(archive, kind)
+            _restrict(container, opts, http)
             return FileSystem(
                 container, http, local, cache, read_only=False, archive=archive, **extra
             )
         container = await open_container(
             opts.source, http, local, fetch=fetcher.get, head_of=fetcher.head
         )
+        _restrict(container, opts, http)
     except BaseException:
         if disk is not None:
             await disk.aclose()

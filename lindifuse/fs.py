@@ -425,6 +425,12 @@ class WritableOperations(LindiOperations):
             except RefError as e:
                 log.error("cannot open %s for writing: %s", node.key, e)
                 raise pyfuse3.FUSEError(errno.EIO) from None
+        elif self.writer.size(node) is None:
+            try:
+                await self.content.resolve(node)  # a bad reference fails here, as read-only
+            except RefError as e:
+                log.error("open failed: %s", e)
+                raise pyfuse3.FUSEError(errno.EIO) from None
         self.writer.opened(node)
         return pyfuse3.FileInfo(fh=self._new_handle(node), keep_cache=False)
 
