@@ -96,7 +96,7 @@ class LindiOperations(pyfuse3.Operations):
         self.uid = os.getuid()
         self.gid = os.getgid()
         self._stats = stats
-        self._dir_handles: dict[int, list[Node]] = {}
+        self._dir_handles: dict[int, list[tuple[str, Node]]] = {}
         # Called before a directory is looked into (lists external-link chunks on first use).
         self.prepare_dir: Callable[[Node], Awaitable[None]] | None = None
         self._next_dir_fh = 1
@@ -125,7 +125,7 @@ class LindiOperations(pyfuse3.Operations):
         a.st_ino = node.inode
         if node.children is not None:
             a.st_mode = self._dir_mode
-            a.st_nlink = 2
+            a.st_nlink = self.tree.nlink(node)
             a.st_size = 0
             a.st_blocks = 0
         else:
@@ -191,17 +191,22 @@ class LindiOperations(pyfuse3.Operations):
         await self._prepare(node)
         fh = self._next_dir_fh
         self._next_dir_fh += 1
-        # Snapshot the listing so offsets stay stable while the directory is read.
-        self._dir_handles[fh] = sorted(node.children.values(), key=lambda n: n.name)
+        # Snapshot the listing so offsets stay stable while the directory is read; "." and
+        # ".." first, as on a local file system.
+        self._dir_handles[fh] = [
+            (".", node),
+            ("..", node.parent or node),
+            *((n.name, n) for n in sorted(node.children.values(), key=lambda n: n.name)),
+        ]
         return fh
 
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
         entries = self._dir_handles.get(fh, [])
         a = self._new_attrs()  # readdir_reply copies it: one object serves the whole listing
         for i in range(start_id, len(entries)):
-            node = entries[i]
+            name, node = entries[i]
             if not pyfuse3.readdir_reply(
-                token, os.fsencode(node.name), await self._fill(a, node), i + 1
+                token, os.fsencode(name), await self._fill(a, node), i + 1
             ):
                 break
 

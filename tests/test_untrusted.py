@@ -107,3 +107,181 @@ def test_lindi_d_members_missing_or_outside(mount, tmp_path):
             p.read_bytes() for p in m.path.iterdir() if p.name in ("real", "inside")
         )
         m.umount()
+
+
+# -- --no-local-refs ------------------------------------------------------------------------------
+
+
+def test_no_local_refs(mount, tmp_path, http_server):
+    srv = http_server
+    (srv.root / "remote.bin").write_bytes(b"REMOTE" * 10)
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(b"S" * 100)
+    folder = tmp_path / "downloads"
+    folder.mkdir()
+    (folder / "next.bin").write_bytes(b"N" * 100)
+    os.symlink(secret, folder / "link.bin")
+    refs = {
+        ".zgroup": {"zarr_format": 2},
+        "absolute": [str(secret), 0, 10],
+        "file_url": ["file://" + str(secret), 0, 10],
+        "relative": ["../secret.bin", 0, 10],
+        "sibling": ["./next.bin", 0, 10],
+        "sibling_link": ["./link.bin", 0, 10],
+        "url": [srv.url("remote.bin"), 0, 12],
+        "inline": "base64:" + "aGVsbG8=",
+    }
+    write_json(folder / "r.lindi.json", {"refs": refs})
+    m = mount(folder / "r.lindi.json")  # trusted: everything reads
+    for key in ("absolute", "file_url", "relative", "sibling_link"):
+        assert (m.path / key).read_bytes() == b"S" * 10, key
+    m.umount()
+    m = mount(folder / "r.lindi.json", None, "--no-local-refs")
+    assert (m.path / "url").read_bytes() == b"REMOTEREMOTE"
+    assert (m.path / "inline").read_bytes() == b"hello"
+    assert (m.path / "sibling").read_bytes() == b"N" * 10  # its own folder, like a remote ./
+    for key in ("absolute", "file_url", "relative", "sibling_link"):
+        assert open_errno(m.path / key) == errno.EIO, key
+    log = m.log_text()
+    assert log.count("--no-local-refs") >= 3 and "leads outside" in log
+    m.umount()
+
+
+def test_no_local_refs_tar_members_still_read(mount, tmp_path):
+    from plain_lindi import write_tar
+
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(b"S" * 100)
+    refs = {".zgroup": {"zarr_format": 2}, "member": ["./blobs/a", 0, 3], "abs": [str(secret)]}
+    write_tar(tmp_path / "t.lindi.tar", {"refs": refs}, {"blobs/a": b"abc"})
+    for extra in (("--read-only",), ()):  # read-only, and writable
+        m = mount(tmp_path / "t.lindi.tar", None, "--no-local-refs", *extra)
+        assert (m.path / "member").read_bytes() == b"abc"
+        assert open_errno(m.path / "abs") == errno.EIO
+        m.umount()
+
+
+# -- --allowed-hosts --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def two_servers(tmp_path):
+    from httpserver import RangeServer
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with RangeServer(tmp_path / "a") as a, RangeServer(tmp_path / "b") as b:
+        yield a, b
+
+
+def test_allowed_hosts(mount, two_servers):
+    a, b = two_servers
+    (a.root / "ok.bin").write_bytes(b"A" * 100)
+    (b.root / "internal.bin").write_bytes(b"B" * 100)
+    a.add_redirect("jump.bin", b.url("internal.bin"))
+    refs = {
+        ".zgroup": {"zarr_format": 2},
+        "same": [a.url("ok.bin"), 0, 10],
+        "other": [b.url("internal.bin"), 0, 10],
+        "other_whole": [b.url("internal.bin")],
+        "redirected": [a.url("jump.bin"), 0, 10],
+    }
+    write_json(a.root / "r.lindi.json", {"refs": refs})
+    (b.root / "r.lindi.json").write_bytes((a.root / "r.lindi.json").read_bytes())
+    allow_a = f"127.0.0.1:{a.port}"
+    m = mount(a.url("r.lindi.json"), None, "--allowed-hosts", allow_a, "--no-cache")
+    assert (m.path / "same").read_bytes() == b"A" * 10
+    for key in ("other", "other_whole", "redirected"):
+        assert open_errno(m.path / key) == errno.EIO or _read_errno(m.path / key) == errno.EIO
+    assert b.count() == 0, b.log  # not one request reached the other host
+    assert "not in --allowed-hosts" in m.log_text()
+    s = json.loads(os.getxattr(m.path, "user.lindifuse.stats"))
+    assert s["http"]["refused_hosts"] >= 1  # the redirect, refused before it was sent
+    m.umount()
+    # the SOURCE itself on a host not listed: one line, nothing mounted, no request
+    bad = mount(b.url("r.lindi.json"), None, "--allowed-hosts", allow_a, check=False)
+    assert bad.result.rc != 0 and not bad.is_mounted()
+    err = bad.result.stderr.strip().splitlines()
+    assert len(err) == 1 and "not in --allowed-hosts" in err[0], err
+    assert b.count() == 0
+    # a name is not its address: "localhost" does not allow 127.0.0.1
+    bad = mount(a.url("r.lindi.json"), None, "--allowed-hosts", f"localhost:{a.port}", check=False)
+    assert bad.result.rc != 0
+    # both listed (comma-separated, or the option twice): everything reads
+    m = mount(
+        a.url("r.lindi.json"),
+        None,
+        "--allowed-hosts",
+        f"{allow_a},127.0.0.1:{b.port}",
+        "--no-cache",
+    )
+    assert (m.path / "other").read_bytes() == b"B" * 10
+    assert (m.path / "redirected").read_bytes() == b"B" * 10
+    m.umount()
+
+
+def _read_errno(path) -> int:
+    try:
+        path.read_bytes()
+    except OSError as e:
+        return e.errno
+    return 0
+
+
+def test_host_rule_patterns():
+    from lindifuse.sources import HostRule
+
+    r = HostRule(["data.example.org", "*.cdn.example.net", "10.0.0.5:8080", "[::1]:9000"])
+    assert r.allows("https://data.example.org/x") and r.allows("http://DATA.example.org:81/x")
+    assert not r.allows("https://example.org/x")
+    assert r.allows("https://a.b.cdn.example.net/x") and not r.allows("https://cdn.example.net/")
+    assert r.allows("http://10.0.0.5:8080/") and not r.allows("http://10.0.0.5/")
+    assert r.allows("http://[::1]:9000/") and not r.allows("http://[::1]:9001/")
+    assert not r.allows("http://data.example.org.evil.test/")
+    assert HostRule([]).allows("http://anything/")
+
+
+# -- POSIX details ---------------------------------------------------------------------------------
+
+
+def ls_a(path) -> list[str]:
+    import subprocess
+
+    res = subprocess.run(["ls", "-a1", "-f", str(path)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    return res.stdout.split()
+
+
+def test_readdir_dot_entries_and_nlink(mount, tmp_path):
+    refs = {
+        ".zgroup": {"zarr_format": 2},
+        "a/b/c": "1",
+        "a/d/e": "2",
+        "a/f": "3",
+        "g": "4",
+    }
+    d = tmp_path / "n.lindi.d"
+    d.mkdir()
+    (d / "lindi.json").write_text(json.dumps({"refs": refs}))
+    for extra in (("--read-only",), ()):
+        m = mount(d, None, *extra)
+        assert ls_a(m.path)[:2] == [".", ".."]
+        assert sorted(ls_a(m.path / "a")) == [".", "..", "b", "d", "f"]
+        assert os.stat(m.path).st_nlink == 3  # ".", its entry, a/..
+        assert os.stat(m.path / "a").st_nlink == 4  # b and d
+        assert os.stat(m.path / "a/b").st_nlink == 2
+        assert os.stat(m.path / "g").st_nlink == 1
+        # find's leaf optimisation relies on st_nlink: it must still see every file
+        import subprocess
+
+        found = subprocess.run(["find", str(m.path), "-type", "f"], capture_output=True, text=True)
+        assert len(found.stdout.split()) == 5
+        if not extra:  # writable: mkdir, rename and rmdir keep the counts right
+            os.mkdir(m.path / "a/new")
+            assert os.stat(m.path / "a").st_nlink == 5
+            os.rename(m.path / "a/new", m.path / "moved")
+            assert os.stat(m.path / "a").st_nlink == 4
+            assert os.stat(m.path).st_nlink == 4
+            os.rmdir(m.path / "moved")
+            assert os.stat(m.path).st_nlink == 3
+        m.umount()
