@@ -87,7 +87,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         import email.utils
@@ -116,11 +116,11 @@ class HostRule:
     def allows(self, url: str) -> bool:
         if not self.patterns:
             return True
-        parts = urlsplit(url)
-        host = (parts.hostname or "").lower()
         try:
+            parts = urlsplit(url)
+            host = (parts.hostname or "").lower()
             port = parts.port or (443 if parts.scheme == "https" else 80)
-        except ValueError:
+        except ValueError:  # not a valid URL (bad IPv6 brackets, port out of range)
             return False
         for p in self.patterns:
             phost, pport = p, None

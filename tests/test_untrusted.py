@@ -285,3 +285,20 @@ def test_readdir_dot_entries_and_nlink(mount, tmp_path):
             os.rmdir(m.path / "moved")
             assert os.stat(m.path).st_nlink == 3
         m.umount()
+
+
+def test_key_names_cannot_forge_log_lines(mount, tmp_path):
+    """A key is untrusted text: a newline in it must not start a new line in the log (or in an
+    error message); control characters are escaped."""
+    forged = "2026-01-01 00:00:00,000 ERROR lindifuse: forged"
+    refs = {".zgroup": {"zarr_format": 2}, f"g/bad\n{forged}": "base64:00000", "g/ok": "fine"}
+    write_json(tmp_path / "k.lindi.json", {"refs": refs})
+    m = mount(tmp_path / "k.lindi.json")
+    names = os.listdir(m.path / "g")
+    assert len(names) == 2 and (m.path / "g/ok").read_text() == "fine"
+    bad = next(n for n in names if n != "ok")
+    assert open_errno(m.path / "g" / bad) == errno.EIO
+    lines = m.log_text().splitlines()
+    assert not any(ln.startswith(forged) for ln in lines), lines
+    assert any("bad\\n2026-01-01" in ln and "base64" in ln for ln in lines), lines
+    m.umount()
