@@ -153,7 +153,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
         }
     else:
         try:
-            store = DiskCache(directory, 0)
+            store = DiskCache(directory, 0, register=False)
         except (OSError, sqlite3.Error) as e:
             print(f"lindifuse: {directory}: cannot open the cache: {e}", file=sys.stderr)
             return 1

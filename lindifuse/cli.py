@@ -101,7 +101,8 @@ def _mount_parser(sub: Any) -> None:
         "--cache-size",
         type=_size,
         metavar="SIZE",
-        help="bound of the persistent cache, least recently used chunks are evicted "
+        help="bound of the persistent cache, least recently used chunks are evicted; mounts "
+        "sharing a directory keep it under the smallest bound among them "
         "(default min(10G, 10%% of the free space))",
     )
     p.add_argument(

@@ -25,8 +25,12 @@ Rules that make it safe:
   row is committed, and each writer's file names are unique, so two processes writing the same
   key never write into one file; a file is unlinked only after the row naming it is gone.
 - The index row ``meta.total`` (kept by triggers) is the sum of entry sizes; whoever inserts
-  evicts the least recently used entries (``atime``, updated in batches) down to 90% of its
-  ``max_bytes`` in the same transaction.
+  evicts the least recently used entries (``atime``, updated in batches) down to 90% of the
+  *smallest* ``max_bytes`` among the processes using the directory, in the same transaction:
+  each one registers its bound in the ``limits`` table while it has the directory open (rows of
+  processes that died without closing are ignored: their PID is gone on this host, or, from
+  another host, they were not refreshed for LIMIT_STALE seconds), so mounts sharing a
+  directory keep it under the smallest ``--cache-size`` among them.
 - The ``versions`` table remembers, per URL, the validator (and total size) the origin last
   reported. It is what makes stale-if-error and ``--offline`` possible: when the origin cannot
   be asked, entries stored under that validator are the ones "validated earlier" and may be
@@ -48,6 +52,7 @@ import os
 import queue
 import secrets
 import shutil
+import socket
 import sqlite3
 import threading
 import time
@@ -67,6 +72,7 @@ EVICT_TO = 0.9  # evict down to this fraction of max_bytes
 ATIME_FLUSH_SECONDS = 2.0
 WRITE_BEHIND_QUIET = 0.1  # seconds without new entries before queued ones are written
 ORPHAN_AGE = 3600.0  # content files with no row and older than this are deleted on open
+LIMIT_STALE = 24 * 3600.0  # a bound registered from another host counts this long after a write
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -87,6 +93,13 @@ CREATE TABLE IF NOT EXISTS versions (
     size INTEGER,
     time REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS limits (
+    id TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    max_bytes INTEGER NOT NULL,
+    time REAL NOT NULL
+);
 CREATE TRIGGER IF NOT EXISTS entries_add AFTER INSERT ON entries BEGIN
     UPDATE meta SET value = value + NEW.size WHERE name = 'total';
 END;
@@ -101,6 +114,16 @@ def _is_full(e: BaseException) -> bool:
     if isinstance(e, OSError):
         return e.errno in (errno.ENOSPC, errno.EDQUOT)
     return isinstance(e, sqlite3.OperationalError) and "full" in str(e).lower()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def default_cache_dir() -> str:
@@ -145,7 +168,11 @@ class DiskStats:
 class DiskCache:
     """The blocking store. Thread-safe; safe with other processes on the same directory."""
 
-    def __init__(self, directory: str, max_bytes: int, *, inline_max: int = INLINE_MAX) -> None:
+    def __init__(
+        self, directory: str, max_bytes: int, *, inline_max: int = INLINE_MAX, register: bool = True
+    ) -> None:
+        """Open (creating) the store. ``register``: take part in the shared bound (a mount);
+        administration commands (``lindifuse cache``) open it without a bound of their own."""
         self.directory = os.path.abspath(directory)
         self.root = os.path.join(self.directory, FORMAT_DIR)
         self.data_dir = os.path.join(self.root, "data")
@@ -161,8 +188,14 @@ class DiskCache:
         self._read_db = self._connect()
         self._write_db = self._connect()
         self._write_lock = threading.Lock()
+        self._limit_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         with self._write_lock:
             self._write_db.executescript(_SCHEMA)
+            if register:
+                self._write_db.execute(
+                    "INSERT OR REPLACE INTO limits VALUES (?, ?, ?, ?, ?)",
+                    (self._limit_id, socket.gethostname(), os.getpid(), max_bytes, time.time()),
+                )
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(
@@ -381,13 +414,32 @@ class DiskCache:
         except sqlite3.Error as e:
             self._fail(e)
 
+    def effective_max(self, db: sqlite3.Connection | None = None) -> int:
+        """The bound that applies now: the smallest ``max_bytes`` of the live processes using
+        the directory (this one included)."""
+        db = db if db is not None else self._read_db
+        host, now = socket.gethostname(), time.time()
+        limit = self.max_bytes
+        try:
+            rows = db.execute("SELECT host, pid, max_bytes, time FROM limits").fetchall()
+        except sqlite3.Error:
+            return limit
+        for h, pid, mx, t in rows:
+            live = _pid_alive(pid) if h == host else now - t < LIMIT_STALE
+            if live and mx < limit:
+                limit = mx
+        return limit
+
     def _evict(self, db: sqlite3.Connection) -> list[str]:
-        """Delete least recently used rows until the total is at most EVICT_TO * max_bytes;
-        returns the content files to unlink once committed."""
+        """Delete least recently used rows until the total is at most EVICT_TO times the
+        effective bound (the smallest among the live users of the directory); returns the
+        content files to unlink once committed."""
         total = db.execute("SELECT value FROM meta WHERE name = 'total'").fetchone()[0]
-        if total <= self.max_bytes:
+        limit = self.effective_max(db)  # one small SELECT per batch of inserts
+        if total <= limit:
             return []
-        target = int(self.max_bytes * EVICT_TO)
+        db.execute("UPDATE limits SET time = ? WHERE id = ?", (time.time(), self._limit_id))
+        target = int(limit * EVICT_TO)
         files = []
         while total > target:
             victims = db.execute(
@@ -473,6 +525,8 @@ class DiskCache:
 
     def close(self) -> None:
         self.flush_touched(force=True)
+        with contextlib.suppress(sqlite3.Error), self._write_lock:
+            self._write_db.execute("DELETE FROM limits WHERE id = ?", (self._limit_id,))
         with self._lock, self._write_lock:
             for db in (self._read_db, self._write_db):
                 with contextlib.suppress(sqlite3.Error):
