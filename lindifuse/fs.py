@@ -20,7 +20,7 @@ from typing import Any
 
 import pyfuse3
 
-from .content import ContentService
+from .content import ContentService, Resolved
 from .errors import RefError
 from .space import is_no_space
 from .tree import Node, Tree
@@ -357,6 +357,7 @@ class WritableOperations(LindiOperations):
         self.writer = writer
         self.statvfs_path = statvfs_path
         self._handles: dict[int, Node] = {}
+        self._ghosts: dict[int, Node] = {}  # detached files the kernel may still reference
         self._next_fh = 1
 
     def _new_handle(self, node: Node) -> int:
@@ -375,19 +376,32 @@ class WritableOperations(LindiOperations):
         node = self.tree.get(inode)
         if node is not None:
             return node
-        # Unlinked (or renamed over) while open: like a local file, it lives until the last close.
+        # Unlinked (or renamed over) after the kernel looked it up: like a local file, it lives
+        # until the kernel forgets it (a reader's open that raced with a rename-over must not
+        # fail with ENOENT) and while it is open.
+        node = self._ghosts.get(inode)
+        if node is not None:
+            return node
         for n in self._handles.values():
             if n.inode == inode:
                 return n
         raise pyfuse3.FUSEError(errno.ENOENT)
 
+    async def forget(self, inode_list: Any) -> None:
+        for inode, _nlookup in inode_list:
+            self._ghosts.pop(inode, None)
+
     async def _detach(self, node: Node) -> None:
-        """Remove file ``node`` from the namespace; an open, unstaged one keeps its content."""
-        if self.writer.size(node) is None and any(n is node for n in self._handles.values()):
+        """Remove file ``node`` from the namespace; it keeps its (committed) content for the
+        kernel's references to it until they are forgotten, and for open files."""
+        if self.writer.size(node) is None and not isinstance(node.extra, Resolved):
             with contextlib.suppress(RefError):
                 await self.content.resolve(node)  # pins the reference in the node
+        if self.tree.get(node.inode) is not node:
+            return  # detached by another request meanwhile
         self.tree.remove(node)
         self.writer.removed(node)
+        self._ghosts[node.inode] = node
 
     async def _file_size(self, node: Node) -> int:
         size = self.writer.size(node)
