@@ -60,8 +60,12 @@ class Tree:
         nodes = tree.nodes
         ino = tree._next_inode
         nfiles = 0
+        # Chunk names repeat in every array ("0", "1.0"...): one string object per distinct
+        # name instead of one per key saves ~50 bytes a key (50 MB for 1,000,000 keys).
+        names: dict[str, str] = {}
         for key in keys:
             parent_path, _, name = key.rpartition("/")
+            name = names.setdefault(name, name)
             parent = dirs.get(parent_path)
             if parent is None:
                 tree._next_inode = ino
