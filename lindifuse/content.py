@@ -152,7 +152,7 @@ class ContentService:
         size = self._sizes.get(loc.where)
         if size is None:
             if loc.remote:
-                size = await self.http.content_length(loc.where)
+                size = await self.fetcher.size_of(loc.where)
             else:
                 try:
                     st = os.stat(loc.where)

@@ -267,6 +267,20 @@ class Fetcher:
                 ) from None
             raise
 
+    async def size_of(self, url: str) -> int:
+        """Total size of ``url`` (for ``[url]`` references): from the origin, else, when it
+        cannot be asked, as recorded in the persistent cache with the version served."""
+        try:
+            return await self.http.content_length(url)
+        except OriginError as e:
+            if self.disk is None or self.disk.store.broken:
+                raise
+            await self._stale_version(url, e)
+            size = self.http.sizes.get(url)
+            if size is None:
+                raise
+            return size
+
     async def head(self, url: str, size: int) -> tuple[bytes, int | None]:
         """The first ``size`` bytes of ``url`` (fewer if shorter) and its total size, to load a
         remote source. From the origin, then kept in the persistent cache with the object's

@@ -141,12 +141,15 @@ def test_remote_json_and_its_chunk_urls_mount_offline(mount, http_server, tmp_pa
     (srv.root / "data.bin").write_bytes(blob)
     refs = {".zgroup": {"zarr_format": 2}}
     refs.update({f"k/{i}": [srv.url("data.bin"), i * 1000, 1000] for i in range(200)})
+    (srv.root / "whole.bin").write_bytes(b"W" * 5000)
+    refs["whole"] = [srv.url("whole.bin")]  # its size comes from the server (or the cache)
     write_json(srv.root / "r.lindi.json", {"refs": refs})
     assert (srv.root / "r.lindi.json").stat().st_size > 1536
     cache = tmp_path / "cache"
     m = mount(srv.url("r.lindi.json"), None, "--cache-dir", cache, "--no-readahead")
     for i in range(0, 200, 2):
         assert (m.path / "k" / str(i)).read_bytes() == blob[i * 1000 : i * 1000 + 1000]
+    assert (m.path / "whole").read_bytes() == b"W" * 5000
     m.umount()
     srv.reset_log()
     url = srv.url("r.lindi.json")
@@ -158,8 +161,9 @@ def test_remote_json_and_its_chunk_urls_mount_offline(mount, http_server, tmp_pa
         for i in range(0, 200, 2):
             assert (m.path / "k" / str(i)).read_bytes() == blob[i * 1000 : i * 1000 + 1000]
         expect_eio(m.path / "k" / "1")
+        assert (m.path / "whole").read_bytes() == b"W" * 5000
         s = stats(m)
-        assert s["fetch"]["stale_urls"] == 2  # the lindi.json and data.bin
+        assert s["fetch"]["stale_urls"] == 3  # the lindi.json, data.bin and whole.bin
         m.umount()
     srv.start()
     assert srv.count() == 0
