@@ -547,6 +547,9 @@ def _batches(items: list[tuple[str, str, bytes]]) -> Iterator[list[tuple[str, st
         yield part
 
 
+_WAKE = ("", "", b"")  # queued to wake the writer thread for queued versions
+
+
 class AsyncDiskCache:
     """Trio front of a DiskCache: reads in worker threads, writes queued to one writer thread.
 
@@ -566,6 +569,7 @@ class AsyncDiskCache:
         self._pending_bytes = 0
         self._cond = threading.Condition()
         self._queue: queue.Queue[tuple[str, str, bytes] | None] = queue.Queue()
+        self._versions: list[tuple[str, str, int | None]] = []  # queued note_version calls
         self._thread = threading.Thread(
             target=self._writer, name="lindifuse-disk-cache", daemon=True
         )
@@ -586,9 +590,13 @@ class AsyncDiskCache:
         return out
 
     async def note_version(self, url: str, validator: str, size: int | None) -> None:
+        """Record a URL's version, written behind by the writer thread (a read never waits for
+        another process's write transaction); committed at the latest by ``aclose``."""
         if self._closed or self.store.broken:
             return
-        await trio.to_thread.run_sync(self.store.note_version, url, validator, size)
+        with self._cond:
+            self._versions.append((url, validator, size))
+        self._queue.put(_WAKE)
 
     async def last_version(self, url: str) -> tuple[str, int | None] | None:
         return await trio.to_thread.run_sync(self.store.last_version, url)
@@ -642,6 +650,14 @@ class AsyncDiskCache:
                     stop = True
                     break
                 batch.append(nxt)
+            with self._cond:
+                versions, self._versions = self._versions, []
+            for url, validator, size in versions:
+                try:
+                    self.store.note_version(url, validator, size)
+                except Exception:
+                    log.exception("disk cache: recording the version of %s failed", url)
+            batch = [it for it in batch if it is not _WAKE]
             for part in _batches(batch):
                 try:
                     self.store.put_many(part)
