@@ -47,18 +47,24 @@ def daemon_resources(pid: int) -> tuple[int, int]:
     return len(os.listdir(f"/proc/{pid}/fd")), len(os.listdir(f"/proc/{pid}/task"))
 
 
-FD_SLACK = 4  # connections kept alive in the pools
+FD_SLACK = 4
+POOL_FDS = 32 + 16
+"""Connections a remote mount may keep alive: httpx's keep-alive pool (32) and the idle
+connections of the worker-thread pool (at most 16 per host, the per-host request bound). A leak
+of one descriptor per failed request would exceed it in any run (hundreds of faults)."""
 THREAD_SLACK = 2
 
 
-def settle_resources(pid: int, before: tuple[int, int]) -> tuple[int, int]:
+def settle_resources(
+    pid: int, before: tuple[int, int], fd_slack: int = FD_SLACK
+) -> tuple[int, int]:
     """Wait (bounded: trio's idle worker threads exit after 10 s) for fds and threads to come
     back to ``before`` plus the slack."""
     end = time.monotonic() + 20
     now = daemon_resources(pid)
     while time.monotonic() < end:
         now = daemon_resources(pid)
-        if now[0] <= before[0] + FD_SLACK and now[1] <= before[1] + THREAD_SLACK:
+        if now[0] <= before[0] + fd_slack and now[1] <= before[1] + THREAD_SLACK:
             break
         time.sleep(0.2)
     return now
@@ -269,7 +275,7 @@ def test_soak_remote_mount_with_faults(mount, http_server, tmp_path, cache):
     for i in range(data.nchunks):  # healthy again: every chunk right
         drop_pages(m.path / "x" / str(i))
         assert (m.path / "x" / str(i)).read_bytes() == data.expected(i), i
-    after = settle_resources(m.pid, before)
+    after = settle_resources(m.pid, before, POOL_FDS)
     peak = kib(proc_status(m.pid)["VmHWM"])
     s = json.loads(os.getxattr(m.path, "user.lindifuse.stats"))
     m.umount()
@@ -289,6 +295,6 @@ def test_soak_remote_mount_with_faults(mount, http_server, tmp_path, cache):
     print(f"\nsoak remote ({cache}):", json.dumps(figures))
     assert not stats.errors, stats.errors[:10]
     assert stats.reads > 0 and sum(injected.values()) > 0
-    assert after[0] <= before[0] + FD_SLACK, (before, after)
+    assert after[0] <= before[0] + POOL_FDS, (before, after)
     assert after[1] <= before[1] + THREAD_SLACK, (before, after)
     assert peak <= 2**20 + SOAK_RSS_OVERHEAD, figures
