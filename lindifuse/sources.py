@@ -10,12 +10,14 @@ the right bytes (sliced), never the wrong ones.
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import http.client
 import logging
 import os
 import re
 import ssl
 import threading
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -90,16 +92,12 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     if value.isascii() and value.isdigit():
         return float(value)
     try:
-        import email.utils
-
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
         return None
     if when is None:
         return None
-    import time as _time
-
-    return max(0.0, when.timestamp() - (_time.time() if now is None else now))
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 class HostRule:
