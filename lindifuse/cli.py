@@ -128,11 +128,12 @@ def _mount_parser(sub: Any) -> None:
         "--timeout",
         type=_seconds,
         metavar="SECONDS",
-        help="a request that gets no answer (no connection, no byte) for SECONDS fails; failed "
-        "requests are retried (at most 4 times, with backoff or as Retry-After asks, at most "
-        "30 s) only while SECONDS have not passed since the first attempt, so a read from a "
-        "server that stops answering fails with EIO after at most twice SECONDS "
-        "(default 30)",
+        help="an attempt that makes no progress (no connection, no answer, no byte) for "
+        "SECONDS fails; failed attempts are retried (at most 4 times, with backoff or as "
+        "Retry-After asks, at most 30 s) only while SECONDS have not passed since the first "
+        "attempt. A read from a server that accepts connections and never answers fails with "
+        "EIO after about SECONDS (at most twice that); slow but steady transfers are not cut "
+        "off (default 30)",
     )
     p.add_argument(
         "--allowed-hosts",

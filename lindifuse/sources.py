@@ -369,10 +369,10 @@ class HttpClient:
         RETRY_AFTER_MAX), at most ``self.retries`` times and only while ``self.timeout`` seconds
         have not passed since the first attempt; OriginError when they run out.
 
-        Each attempt gives up after ``self.timeout`` seconds without any answer, so a request
-        to a server that accepts connections and never answers fails after about that long,
-        and any request fails after at most twice that long (an attempt started just before
-        the budget ran out)."""
+        Each attempt gives up after ``self.timeout`` seconds without progress (httpx's and the
+        sockets' per-operation timeouts), so a request to a server that accepts connections and
+        never answers fails after about that long, at most twice (an attempt started just
+        before the budget ran out); a slow but steady transfer is not cut off."""
         if self.offline:
             raise OriginError(f"{url}: not fetched: --offline")
         if not self.hosts.allows(url):
