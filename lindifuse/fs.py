@@ -194,14 +194,31 @@ class LindiOperations(pyfuse3.Operations):
         self._dir_handles[fh] = sorted(node.children.values(), key=lambda n: n.name)
         return fh
 
+    def _known_size(self, node: Node) -> int:
+        """The served size of file ``node`` when known without awaiting anything, else -1."""
+        return node.size
+
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
         entries = self._dir_handles.get(fh, [])
         a = self._new_attrs()  # readdir_reply copies it: one object serves the whole listing
+        reply = pyfuse3.readdir_reply
+        file_mode = self._file_mode
+        known_size = self._known_size
+        # This loop runs once per entry of every listing (readdirplus fills the kernel's
+        # attribute cache, so a walk's stat calls cost no further request): files whose size
+        # is known are filled inline, without the coroutine chain of _fill.
         for i in range(start_id, len(entries)):
             node = entries[i]
-            if not pyfuse3.readdir_reply(
-                token, os.fsencode(node.name), await self._fill(a, node), i + 1
-            ):
+            size = known_size(node) if node.children is None else -1
+            if size >= 0:
+                a.st_ino = node.inode
+                a.st_mode = file_mode
+                a.st_nlink = 1
+                a.st_size = size
+                a.st_blocks = (size + 511) // 512
+            else:
+                await self._fill(a, node)
+            if not reply(token, node.name.encode("utf-8", "surrogateescape"), a, i + 1):
                 break
 
     async def releasedir(self, fh: int) -> None:
@@ -386,6 +403,10 @@ class WritableOperations(LindiOperations):
     async def _file_size(self, node: Node) -> int:
         size = self.writer.size(node)
         return size if size is not None else await self.content.size(node)
+
+    def _known_size(self, node: Node) -> int:
+        size = self.writer.size(node)
+        return size if size is not None else node.size
 
     def _child(self, parent_inode: int, name: bytes) -> tuple[Node, str, Node | None]:
         parent = self._node(parent_inode)
