@@ -7,6 +7,7 @@ key; they never take the mount down.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import functools
@@ -40,8 +41,11 @@ def _guarded(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]
     one request must not unmount everything.
     """
 
+    name = fn.__name__
+
     @functools.wraps(fn)
     async def handler(self: Any, *args: Any) -> Any:
+        self.requests[name] += 1  # shown in the stats xattr; tests count requests with it
         try:
             return await fn(self, *args)
         except pyfuse3.FUSEError:
@@ -99,6 +103,7 @@ class LindiOperations(pyfuse3.Operations):
         # Called before a directory is looked into (lists external-link chunks on first use).
         self.prepare_dir: Callable[[Node], Awaitable[None]] | None = None
         self._next_dir_fh = 1
+        self.requests: collections.Counter[str] = collections.Counter()  # per handler
 
     # -- helpers -----------------------------------------------------------------------------
 

@@ -262,6 +262,9 @@ def is_chunk_name(name: str) -> bool:
     return all(p.isdigit() or (p.startswith("-") and p[1:].isdigit()) for p in name.split("."))
 
 
+_SIMPLE_DTYPE = re.compile(r"[<>|=]?([biufc])(1|2|4|8|16)\Z")
+
+
 def padded_chunk_size(zarray: Mapping[str, Any]) -> int | None:
     """Size to zero-pad short chunks of an array to, or None when no padding applies.
 
@@ -269,15 +272,21 @@ def padded_chunk_size(zarray: Mapping[str, Any]) -> int | None:
     padding compressed bytes is harmless for zlib/blosc but corrupts zstd streams, and a
     compressed chunk is never "short" in the contiguous-dataset sense the rule exists for.
     """
-    import numpy as np
-
     if zarray.get("compressor") is not None or zarray.get("filters"):
         return None
     try:
-        dtype = np.dtype(zarray["dtype"])
         chunks = [int(c) for c in zarray["chunks"]]
+        simple = _SIMPLE_DTYPE.match(zarray["dtype"]) if type(zarray["dtype"]) is str else None
+        if simple is not None:
+            # "<f4", "|u1", ...: no need for numpy (whose import costs a first read ~0.1 s)
+            kind, itemsize = simple.group(1), int(simple.group(2))
+        else:
+            import numpy as np
+
+            dtype = np.dtype(zarray["dtype"])
+            kind, itemsize = dtype.kind, dtype.itemsize
     except (KeyError, TypeError, ValueError):
         return None
-    if dtype.kind not in _NUMERIC_KINDS:
+    if kind not in _NUMERIC_KINDS:
         return None
-    return math.prod(chunks) * dtype.itemsize
+    return math.prod(chunks) * itemsize
