@@ -13,10 +13,13 @@
 :class:`ReadAhead` watches which chunk files of a directory are read: when chunk *k* is read
 and the reads look sequential (chunk 0, or one of the 3 predecessors was read recently, or *k* lies in
 the window already prefetched), the next sibling chunk files in chunk-index order whose
-references point into the same URL are fetched in the background as one merged request, split
-into memory (and disk) cache entries. Chunks already on disk are loaded into memory with one
-worker-thread call for the whole window. Read-ahead is bounded (bytes per window, windows in
-flight) and cancelled at unmount.
+references point into the same URL are fetched in the background, split into memory (and disk)
+cache entries. The window grows like the kernel's (see :mod:`lindifuse.seqwindow`: 4 MiB first,
+doubled while the reader keeps up, up to 64 MiB) and goes out as several concurrent requests;
+the next window starts while the reader is inside the current one. Chunks already on disk are
+loaded into memory with one worker-thread call for the whole window. For local sources the
+window is only advised to the kernel (``POSIX_FADV_WILLNEED``). Read-ahead is bounded (bytes per
+window, windows in flight) and cancelled at unmount.
 """
 
 from __future__ import annotations

@@ -167,3 +167,18 @@ def test_listing_fills_the_attribute_cache_and_a_chunk_file_is_one_read(mount, t
     r0 = stats(m)["requests"].get("read", 0)
     assert (m.path / "big" / "0").read_bytes() == blob.read_bytes()[: 2**20]
     assert stats(m)["requests"]["read"] - r0 == 1
+
+
+def test_background_daemon_is_a_detached_fork_writing_to_its_log(mount, tmp_path):
+    """``lindifuse mount`` forks the daemon (no second interpreter start): it leads its own
+    session, reads /dev/null, writes to the log file and holds none of the caller's files."""
+    src = tmp_path / "t.lindi.json"
+    src.write_text(json.dumps({"version": 1, "refs": {".zgroup": {"zarr_format": 2}}}))
+    m = mount(src, None, "--no-cache")
+    pid = m.pid
+    assert os.getsid(pid) == pid
+    fds = {int(n): os.readlink(f"/proc/{pid}/fd/{n}") for n in os.listdir(f"/proc/{pid}/fd")}
+    assert fds[0] == os.devnull
+    assert fds[1] == fds[2] == str(m.log_file)
+    # the harness captures the command's output in temporary files: none may stay open
+    assert not [t for t in fds.values() if t.startswith("/tmp/#") or "(deleted)" in t], fds
