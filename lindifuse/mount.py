@@ -1,7 +1,7 @@
 """Daemon life cycle: load the source, mount, serve, report readiness, unmount cleanly.
 
-``lindifuse mount`` without ``-f`` starts the daemon as a detached child process (a fork of
-the mount command, taken before it imports anything heavy or starts a thread) and waits on a pipe: the child writes
+``lindifuse mount`` without ``-f`` starts the daemon as a detached child process (a fresh
+interpreter, not a fork of a process that may hold threads) and waits on a pipe: the child writes
 ``OK`` once the FUSE session is up, or ``ERR <one line>`` when the source or mount point is bad.
 The parent then checks that the mount answers (a ``listdir``) before it exits 0, so ``ls`` right
 after ``lindifuse mount`` always works.
@@ -243,7 +243,8 @@ def run_foreground(opts: MountOptions) -> int:
     setup_logging(opts.log_file, opts.log_level)
     prof_out = os.environ.get("LINDIFUSE_PROFILE")
     if prof_out:
-        # Developer aid (benchmarks/bench_seq.py --profile): the daemon's own cProfile dump.
+        # Developer aid: LINDIFUSE_PROFILE=FILE dumps the daemon's cProfile statistics to FILE
+        # at unmount (how the per-request profiles in benchmarks/RESULTS.md were taken).
         import cProfile
 
         prof = cProfile.Profile()
@@ -263,14 +264,27 @@ def start_background(opts: MountOptions, argv: list[str]) -> int:
     log_file = opts.log_file or default_log_file(opts.mountpoint)
     os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
     r, w = os.pipe()
-    # A fork of this process, not a fresh interpreter: the mount command has imported little
-    # and started no thread yet, and a second interpreter's start-up and imports would be most
-    # of the time from `lindifuse mount` to a working `ls`.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:
-        _daemon_child(opts, r, w, log_file)  # never returns
+    cmd = [
+        sys.executable,
+        "-m",
+        "lindifuse",
+        *argv,
+        "--foreground",
+        "--ready-fd",
+        str(w),
+        "--log-file",
+        log_file,
+    ]
+    with open(log_file, "ab") as logf:
+        proc = subprocess.Popen(
+            cmd,
+            pass_fds=(w,),
+            stdin=subprocess.DEVNULL,
+            stdout=logf,
+            stderr=logf,
+            start_new_session=True,
+            close_fds=True,
+        )
     os.close(w)
     msg = _wait_ready(r, opts.source)
     if msg == "OK":
@@ -286,7 +300,7 @@ def start_background(opts: MountOptions, argv: list[str]) -> int:
                     )
                     return 1
                 time.sleep(0.02)
-    rc = _wait_status(pid)
+    rc = proc.wait()
     if msg.startswith("ERR "):
         print(f"lindifuse: {msg[4:]}", file=sys.stderr)
     else:
@@ -295,47 +309,6 @@ def start_background(opts: MountOptions, argv: list[str]) -> int:
             file=sys.stderr,
         )
     return 1 if rc == 0 else rc
-
-
-def _daemon_child(opts: MountOptions, r: int, w: int, log_file: str) -> None:
-    """In the forked child: detach (new session, stdin from /dev/null, stdout and stderr to the
-    log file, no other inherited descriptors) and serve; exits, never returns."""
-    status = 1
-    try:
-        os.setsid()
-        os.close(r)
-        null = os.open(os.devnull, os.O_RDONLY)
-        logfd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        os.dup2(null, 0)
-        os.dup2(logfd, 1)
-        os.dup2(logfd, 2)
-        # Descriptors the caller let us inherit (pipes it waits on) must not stay open.
-        os.closerange(3, w)
-        os.closerange(w + 1, _max_fd())
-        opts.ready_fd = w
-        opts.log_file = log_file
-        status = run_foreground(opts)
-    except BaseException:
-        import traceback
-
-        with contextlib.suppress(BaseException):
-            traceback.print_exc()
-            sys.stderr.flush()
-    finally:
-        os._exit(status)
-
-
-def _max_fd() -> int:
-    try:
-        return int(os.sysconf("SC_OPEN_MAX"))
-    except (ValueError, OSError):
-        return 1024
-
-
-def _wait_status(pid: int) -> int:
-    """Exit status of child ``pid`` (waits for it)."""
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
 
 
 def _wait_ready(fd: int, source: str) -> str:

@@ -170,8 +170,8 @@ def test_listing_fills_the_attribute_cache_and_a_chunk_file_is_one_read(mount, t
 
 
 def test_background_daemon_is_a_detached_fork_writing_to_its_log(mount, tmp_path):
-    """``lindifuse mount`` forks the daemon (no second interpreter start): it leads its own
-    session, reads /dev/null, writes to the log file and holds none of the caller's files."""
+    """The background daemon leads its own session, reads /dev/null, writes to the log file
+    and holds none of the caller's files (whatever way it is started)."""
     src = tmp_path / "t.lindi.json"
     src.write_text(json.dumps({"version": 1, "refs": {".zgroup": {"zarr_format": 2}}}))
     m = mount(src, None, "--no-cache")
