@@ -235,10 +235,25 @@ class Impl:
             (shim / "sitecustomize.py").write_text(
                 "import sys\n"
                 "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in "
-                "getattr(f, '__name__', getattr(type(f), '__module__', ''))]\n"
+                "repr(f).lower()]\n"
+                "for k in [k for k in sys.modules if k.split('.')[0] == 'lindifuse']:\n"
+                "    del sys.modules[k]\n"
             )
             self.cmd = [str(B.REPO / ".venv" / "bin" / "python"), "-m", "lindifuse"]
-            self.env = {**os.environ, "PYTHONPATH": f"{shim}:{base_dir.resolve()}"}
+            # PYTHONSAFEPATH: `python -m` run from this checkout must not import its lindifuse
+            self.env = {
+                **os.environ,
+                "PYTHONPATH": f"{shim}:{base_dir.resolve()}",
+                "PYTHONSAFEPATH": "1",
+            }
+            probe = subprocess.run(
+                [*self.cmd[:1], "-c", "import lindifuse.fs; print(lindifuse.fs.__file__)"],
+                env=self.env,
+                capture_output=True,
+                text=True,
+            ).stdout.strip()
+            if not probe.startswith(str(base_dir.resolve())):
+                raise SystemExit(f"--base {base_dir}: lindifuse still imported from {probe}")
 
 
 class Bench:
