@@ -4,6 +4,7 @@ each beside its peers in the same run, and optionally beside a baseline checkout
     .venv/bin/python benchmarks/bench_seq.py                       # every part, RESULTS.md
     .venv/bin/python benchmarks/bench_seq.py --only remote,walk    # some parts
     .venv/bin/python benchmarks/bench_seq.py --base /tmp/base      # also a baseline checkout
+    .venv/bin/python benchmarks/bench_seq.py --quick --no-write    # smoke test
 
 ``--base DIR`` names a directory holding another ``lindifuse/`` package (for example
 ``git archive <commit> lindifuse | tar -x -C DIR``); it runs with this venv's interpreter and
@@ -694,7 +695,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base", help="a directory holding a baseline lindifuse/ package")
     p.add_argument("--ratarmount", help="the ratarmount command (default: from PATH)")
     p.add_argument("--no-write", action="store_true", help="print, do not update RESULTS.md")
+    p.add_argument(
+        "--quick", action="store_true", help="smoke test: 1 run, 64 MiB, 5,000 small files"
+    )
     a = p.parse_args(argv)
+    if a.quick:
+        a.reps, a.mib, a.small = 1, 64, 5_000
     a.only = B.parse_parts(p, a.only, PARTS)
     t0 = time.perf_counter()
     load0 = B.loadavg()
