@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -584,3 +585,22 @@ class LindiFiles:
         else:
             shutil.copy2(src, dest)
         return dest
+
+
+# -- small assertions shared by the fault tests ----------------------------------------------
+
+
+def mount_stats(m) -> dict:
+    """The live counters of mount ``m`` (its ``user.lindifuse.stats`` attribute)."""
+    return json.loads(os.getxattr(m.path, "user.lindifuse.stats"))
+
+
+def expect_eio(path) -> float:
+    """Reading ``path`` fails with EIO; returns how long that took (seconds)."""
+    import pytest
+
+    t0 = time.monotonic()
+    with pytest.raises(OSError) as e:
+        Path(path).read_bytes()
+    assert e.value.errno == errno.EIO, e.value
+    return time.monotonic() - t0

@@ -11,12 +11,11 @@ which no server can produce: that one is a unit test with an httpx mock transpor
 
 from __future__ import annotations
 
-import errno
-import json
 import os
-import time
 
 import pytest
+from harness import expect_eio
+from harness import mount_stats as stats
 from plain_lindi import write_json
 from remote_data import build_tar
 
@@ -26,20 +25,8 @@ CACHED = range(0, 8)  # read by the first mount, so cached
 UNCACHED = 12  # never read before the fault
 
 
-def stats(m) -> dict:
-    return json.loads(os.getxattr(m.path, "user.lindifuse.stats"))
-
-
 def read_chunk(m, i: int) -> bytes:
     return (m.path / "x" / str(i)).read_bytes()
-
-
-def expect_eio(path) -> float:
-    t0 = time.monotonic()
-    with pytest.raises(OSError) as e:
-        path.read_bytes()
-    assert e.value.errno == errno.EIO, e.value
-    return time.monotonic() - t0
 
 
 @pytest.fixture

@@ -13,31 +13,20 @@ from __future__ import annotations
 
 import email.utils
 import errno
-import json
 import os
 import shutil
 import threading
 import time
 
 import pytest
+from harness import expect_eio
+from harness import mount_stats as stats
 from plain_lindi import write_json
 from remote_data import build_tar
 
 QUIET = ("--no-cache", "--no-readahead")
 SIZES = {"async": 40_000, "bulk": 300_000}  # chunk sizes below / above sources.BULK_MIN
 N = 6
-
-
-def stats(m) -> dict:
-    return json.loads(os.getxattr(m.path, "user.lindifuse.stats"))
-
-
-def expect_eio(path) -> float:
-    t0 = time.monotonic()
-    with pytest.raises(OSError) as e:
-        path.read_bytes()
-    assert e.value.errno == errno.EIO, e.value
-    return time.monotonic() - t0
 
 
 def statuses(srv, name="d.lindi.tar") -> list:

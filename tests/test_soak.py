@@ -114,6 +114,21 @@ class Stats:
                 self.errors.append(msg)
 
 
+def run_for(seconds: float, stop: threading.Event, one, reader) -> None:
+    """Run ``one()`` and READERS ``reader(slot)`` threads for ``seconds``, then stop and join
+    them (every thread must end)."""
+    threads = [threading.Thread(target=one)] + [
+        threading.Thread(target=reader, args=(s,)) for s in range(READERS)
+    ]
+    for t in threads:
+        t.start()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads)
+
+
 def test_soak_writable_mount(mount, tmp_path):
     static = {f"r/{i}": os.urandom(random.Random(i).randrange(1000, 300_000)) for i in range(32)}
     refs = {".zgroup": {"zarr_format": 2}}
@@ -179,16 +194,7 @@ def test_soak_writable_mount(mount, tmp_path):
             else:
                 stats.bad(f"{key}: wrong bytes ({len(data)} bytes)")
 
-    threads = [threading.Thread(target=writer)] + [
-        threading.Thread(target=reader, args=(s,)) for s in range(READERS)
-    ]
-    for t in threads:
-        t.start()
-    time.sleep(SECONDS)
-    stop.set()
-    for t in threads:
-        t.join(60)
-    assert not any(t.is_alive() for t in threads)
+    run_for(SECONDS, stop, writer, reader)
     after = settle_resources(m.pid, before)
     peak = kib(proc_status(m.pid)["VmHWM"])
     m.umount()
@@ -264,16 +270,7 @@ def test_soak_remote_mount_with_faults(mount, http_server, tmp_path, cache):
             else:
                 stats.bad(f"x/{i}: wrong bytes")
 
-    threads = [threading.Thread(target=injector)] + [
-        threading.Thread(target=reader, args=(s,)) for s in range(READERS)
-    ]
-    for t in threads:
-        t.start()
-    time.sleep(SECONDS)
-    stop.set()
-    for t in threads:
-        t.join(60)
-    assert not any(t.is_alive() for t in threads)
+    run_for(SECONDS, stop, injector, reader)
     faulted = sum(1 for r in srv.log if r.status in (0, 500, 503, 429) or r.status is None)
     srv.reset()
     for i in range(data.nchunks):  # healthy again: every chunk right
