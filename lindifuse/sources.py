@@ -456,6 +456,16 @@ class HttpClient:
         self.stats.bytes += len(resp.content)
         return resp.content
 
+    async def get_doc(self, url: str, method: str = "GET") -> tuple[int, bytes]:
+        """(status, body) of a plain request for a document (a DANDI API answer, a LINDI index):
+        retried like every request, the API key sent to API hosts only, redirects followed,
+        but not resolved as an asset URL (an API page is not a redirect to data). Statuses
+        other than 5xx/429 are the caller's to judge; RefError when retries run out."""
+        resp = await self._send(url, self.dandi.auth_headers(url), method)
+        if resp.status_code == 200:
+            self.stats.bytes += len(resp.content)
+        return resp.status_code, resp.content
+
     async def get_head(self, url: str, size: int) -> tuple[bytes, int | None]:
         """First ``size`` bytes (or fewer if the object is shorter) and the object's total size."""
         resp = await self._request(url, {"Range": f"bytes=0-{size - 1}"})
