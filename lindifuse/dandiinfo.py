@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from typing import Any
 
 import trio
@@ -128,6 +129,8 @@ def _human(n: int) -> str:
 
 
 def cmd_dandi_info(args: argparse.Namespace) -> int:
+    # Retry warnings are not for the terminal: a failure ends as one line from the CLI.
+    logging.getLogger().addHandler(logging.NullHandler())
     s = trio.run(dandiset_summary, args)
     if args.json:
         print(json.dumps(s, indent=2))
