@@ -192,8 +192,8 @@ class DandisetFileSystem(FileSystem):
     def _seed(self, a: Asset) -> str:
         """Tell the HTTP client the asset's size and version (no probe request needed)."""
         url = download_url(self.listing.api, a.asset_id)
-        self.http.validators.setdefault(url, a.validator)
-        self.http.sizes.setdefault(url, a.size)
+        if url not in self.http.pinned:
+            self.http.pin(url, a.validator, a.size)
         return url
 
     # -- keys of grafted views -------------------------------------------------------

@@ -197,6 +197,9 @@ class HttpClient:
         self.dandi = dandi if dandi is not None else DandiResolver.from_env()
         self.validators: dict[str, str | None] = {}  # logical URL -> validator (None: none)
         self.sizes: dict[str, int] = {}  # logical URL -> total size, when a response said
+        # Logical URLs whose version is known without asking (a DANDI asset id never changes
+        # content): their validator is this, whatever the server that answers says.
+        self.pinned: dict[str, str] = {}
         self._probes: dict[str, trio.Event] = {}
         self._resolving: dict[str, trio.Event] = {}
         self._host_limits: dict[str, trio.Semaphore] = {}
@@ -378,6 +381,12 @@ class HttpClient:
             (OSError, http.client.HTTPException),
         )
 
+    def pin(self, url: str, validator: str, size: int) -> None:
+        """Declare the version and size of ``url`` (no probe request; cached bytes are kept and
+        found under ``validator``, also offline)."""
+        self.pinned[url] = self.validators[url] = validator
+        self.sizes[url] = size
+
     async def validator(self, url: str) -> str | None:
         """The validator of ``url`` for this mount: known from an earlier response, else probed
         once (a 1-byte range request). None when the server sends neither ETag nor
@@ -431,7 +440,7 @@ class HttpClient:
                     f"{url}: range {offset}-{end} runs past the end of the object (size {total})"
                 )
             self.stats.bytes += len(body)
-            return body, _validator_of(headers)
+            return body, self.pinned.get(url) or _validator_of(headers)
         if status == 200:
             # The server ignored Range: the body is the whole object; slice it.
             self.stats.full_body_fallbacks += 1
@@ -441,7 +450,7 @@ class HttpClient:
                     f"{url}: range {offset}-{end} runs past the end of the object "
                     f"(size {len(body)})"
                 )
-            return body[offset : offset + size], _validator_of(headers)
+            return body[offset : offset + size], self.pinned.get(url) or _validator_of(headers)
         self.stats.errors += 1
         if status == 416:
             raise RefError(f"{url}: range {offset}-{end} not satisfiable (HTTP 416)")
