@@ -338,12 +338,11 @@ class DandisetFileSystem(FileSystem):
             cache=self.hdf5.cache,
         )
         rset = ReferenceSet.from_json(loaded.rfs, url)
-        c = Container("hdf5", url, True, rset, time.time(), 0, total_size=a.size)
-        c.index = loaded
         if loaded.result is not None:
             for w in loaded.result.warnings:
                 log.warning("%s: %s", a.path, w)
-        return c
+        # Not kept: loaded.rfs (the same refs again); memory grows with assets opened.
+        return Container("hdf5", url, True, rset, time.time(), 0, total_size=a.size)
 
     # -- reporting -------------------------------------------------------------------
 

@@ -250,12 +250,14 @@ def test_ten_thousand_assets_list_without_loading(archive, fa, mount, tmp_path, 
     with concurrent.futures.ThreadPoolExecutor(8) as ex:
         list(ex.map(lambda n: os.listdir(m.path / n / "acquisition/ts"), names))
     rss_opened = _rss_kib(m.pid)
-    stats = json.loads(os.getxattr(m.path, "user.lindifuse.stats"))["dandiset"]
+    full = json.loads(os.getxattr(m.path, "user.lindifuse.stats"))
+    stats = full["dandiset"]
     assert stats["loaded"] == 100 and stats["assets"] == N_MANY
     with capsys.disabled():
         print(
             f"\n[dandiset RSS] mounted {rss0} KiB, after listing {N_MANY} assets {rss_listed} "
-            f"KiB, after opening 100 {rss_opened} KiB"
+            f"KiB, after opening 100 {rss_opened} KiB (memory cache "
+            f"{full['memory_cache']['bytes'] // 1024} KiB, {stats['keys']} keys)"
         )
     m.umount()
 
