@@ -176,6 +176,8 @@ def test_mount_dandiset_nwb_assets_as_zarr(archive, fa, mount, tmp_path):
     d = stats["dandiset"]
     assert (d["version"], d["published"], d["assets"], d["nwb_assets"]) == (PUB, True, 5, 3)
     assert (d["loaded"], d["from_index"], d["from_hdf5"], d["skipped"]) == (2, 1, 1, 1)
+    res = run_cli("stats", mp)
+    assert res.rc == 0 and "requests" in res.stdout, res.describe()
     m.umount()
 
 
@@ -218,8 +220,13 @@ def test_concurrent_first_lookups_load_each_asset_once(archive, fa, mount, tmp_p
         barrier.wait()
         return sorted(os.listdir(m.path / name / "acquisition/ts"))
 
+    fa.indexes.latency = 1.0  # each index request is answered a second after it arrives
     with concurrent.futures.ThreadPoolExecutor(24) as ex:
         results = list(ex.map(look, [n for n in names for _ in range(4)]))
+    fa.indexes.latency = 0.0
+    # different assets load in parallel: every index request arrived before the first answer
+    arrivals = [r.time for r in fa.indexes.log]
+    assert max(arrivals) - min(arrivals) < 1.0, arrivals
     assert all(r == results[0] for r in results) and "data" in results[0]
     # one index request per asset (404), one HDF5 index each
     lines = m.log_text().splitlines()
@@ -230,6 +237,10 @@ def test_concurrent_first_lookups_load_each_asset_once(archive, fa, mount, tmp_p
 
 
 def test_ten_thousand_assets_list_without_loading(archive, fa, mount, tmp_path, capsys):
+    small = mount(f"dandi://000001@{PUB}", None, *archive.args(tmp_path / "cache0"))
+    rss_small = _rss_kib(small.pid)  # a 5-asset dandiset: the daemon's own footprint
+    small.umount()
+    fa.reset_logs()
     m = mount(f"dandi://000002@{PUB2}", None, *archive.args(tmp_path / "cache"))
     rss0 = _rss_kib(m.pid)
     # list every folder and stat every asset, not entering the NWB directories
@@ -255,7 +266,8 @@ def test_ten_thousand_assets_list_without_loading(archive, fa, mount, tmp_path, 
     assert stats["loaded"] == 100 and stats["assets"] == N_MANY
     with capsys.disabled():
         print(
-            f"\n[dandiset RSS] mounted {rss0} KiB, after listing {N_MANY} assets {rss_listed} "
+            f"\n[dandiset RSS] 5-asset dandiset mounted {rss_small} KiB; 10,000-asset dandiset "
+            f"mounted {rss0} KiB, after listing {N_MANY} assets {rss_listed} "
             f"KiB, after opening 100 {rss_opened} KiB (memory cache "
             f"{full['memory_cache']['bytes'] // 1024} KiB, {stats['keys']} keys)"
         )
