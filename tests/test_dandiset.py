@@ -100,6 +100,14 @@ def archive(tmp_path_factory, lindi_gen):
             fa.add_asset(
                 "000002", f"sub-{i // 100:03d}/sub-{i // 100:03d}_ses-{i % 100:02d}.nwb", blob=blob
             )
+        # an index with an _EXTERNAL_ARRAY_LINK (a dataset of 1,100 chunks)
+        fa.add_dandiset("000004", published=[PUB])
+        lindi_gen("make-h5", root / "ext.nwb", "--external-link")
+        ar.files["ext"] = root / "ext.nwb"
+        ext = fa.add_asset("000004", "sub-01/ext.nwb", root / "ext.nwb")
+        ext_idx = root / "ext.lindi.json"
+        lindi_gen("to-lindi", root / "ext.nwb", ext_idx, "--url", fa.download_url(ext))
+        fa.set_index("000004", ext, ext_idx)
         fa.add_dandiset("000003", published=[], embargoed=True)
         fa.add_asset("000003", "sub-01/secret.bin", b"embargoed bytes")
         ar.files["small"] = root / "small.nwb"
@@ -271,6 +279,18 @@ def test_ten_thousand_assets_list_without_loading(archive, fa, mount, tmp_path, 
             f"KiB, after opening 100 {rss_opened} KiB (memory cache "
             f"{full['memory_cache']['bytes'] // 1024} KiB, {stats['keys']} keys)"
         )
+    m.umount()
+
+
+def test_external_array_link_inside_an_asset(archive, fa, mount, tmp_path):
+    m = mount(f"dandi://000004@{PUB}", None, *archive.args(tmp_path / "cache"))
+    asset = m.path / "sub-01/ext.nwb"
+    zattrs = json.loads((asset / "acquisition/many_chunks/.zattrs").read_text())
+    assert "_EXTERNAL_ARRAY_LINK" in zattrs
+    names = os.listdir(asset / "acquisition/many_chunks")
+    assert len([n for n in names if n.isdigit()]) == 1100
+    _same_as_h5(asset, archive.files["ext"], ["acquisition/many_chunks", "acquisition/ts/data"])
+    assert "chunks from external HDF5 dataset" in m.log_text()
     m.umount()
 
 
