@@ -55,6 +55,10 @@ RETRY_AFTER = 30.0  # seconds before a failed asset is tried again
 _MISSING = object()
 
 
+def _parse_index(raw: bytes, where: str) -> ReferenceSet:
+    return ReferenceSet.from_json(parse_json(raw, where), where)
+
+
 class AssetView:
     """The state of one NWB asset's directory: not loaded, loading, loaded or failed."""
 
@@ -296,7 +300,7 @@ class DandisetFileSystem(FileSystem):
         """The LINDI index at ``iurl`` as a container, None (and a log line) when there is
         none or it does not load: the caller then indexes the HDF5 file."""
         lc = self.listing_cache
-        raw = lc.get_index(iurl) if lc is not None else None
+        raw = await trio.to_thread.run_sync(lc.get_index, iurl) if lc is not None else None
         fresh = raw is None
         if raw is None:
             try:
@@ -316,8 +320,9 @@ class DandisetFileSystem(FileSystem):
         try:
             if not raw.lstrip().startswith(b"{"):
                 raise SourceError(f"{iurl}: not a LINDI JSON index")
-            doc = parse_json(raw, iurl)
-            rset = await trio.to_thread.run_sync(ReferenceSet.from_json, doc, iurl)
+            # Off the trio thread: an index can be tens of megabytes, and every other request
+            # of the mount waits while the loop is busy.
+            rset = await trio.to_thread.run_sync(_parse_index, raw, iurl)
         except LindiError as e:
             log.warning("%s: LINDI index unusable (%s): indexing the HDF5 file", a.path, e)
             return None
@@ -337,7 +342,7 @@ class DandisetFileSystem(FileSystem):
             options=self.hdf5.options,
             cache=self.hdf5.cache,
         )
-        rset = ReferenceSet.from_json(loaded.rfs, url)
+        rset = await trio.to_thread.run_sync(ReferenceSet.from_json, loaded.rfs, url)
         if loaded.result is not None:
             for w in loaded.result.warnings:
                 log.warning("%s: %s", a.path, w)
