@@ -77,7 +77,7 @@ async def dandiset_summary(args: argparse.Namespace) -> dict[str, Any]:
 
     target = parse_target(args.source)
     assert target is not None
-    api = api_root(args.dandi_api)
+    api = api_root(args.dandi_api, target.instance)
     template = args.lindi_url_template or DEFAULT_LINDI_TEMPLATE
     if args.check_indexes:
         index_url(template, target.dandiset, "draft", "0")  # a bad template fails now

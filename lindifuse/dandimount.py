@@ -387,7 +387,7 @@ async def build_dandiset_filesystem(opts: Any) -> Any:
 
     target = parse_target(opts.source)
     assert target is not None
-    api = api_root(getattr(opts, "dandi_api", None))
+    api = api_root(getattr(opts, "dandi_api", None), target.instance)
     template: str | None = None
     if not getattr(opts, "no_lindi_index", False):
         template = getattr(opts, "lindi_url_template", None) or DEFAULT_LINDI_TEMPLATE

@@ -62,6 +62,7 @@ class DandiTarget:
     dandiset: str
     version: str | None = None
     path: str = ""
+    instance: str | None = None  # dandi-cli's instance name in dandi://INSTANCE/DANDISET
 
     def describe(self) -> str:
         v = f"@{self.version}" if self.version else ""
@@ -103,7 +104,7 @@ def parse_target(source: str) -> DandiTarget | None:
             rest = "/" + rest
         if rest and not rest.startswith("/"):
             raise SourceError(f"{source}: expected '@VERSION' or '/path' after the dandiset")
-        return DandiTarget(m.group("id"), version, _clean_path(rest, source))
+        return DandiTarget(m.group("id"), version, _clean_path(rest, source), m.group("inst"))
     if not source.startswith(("http://", "https://")):
         return None
     parts = urlsplit(source)
@@ -120,9 +121,17 @@ def parse_target(source: str) -> DandiTarget | None:
     return DandiTarget(m.group("id"), version, _clean_path(location, source))
 
 
-def api_root(option: str | None) -> str:
-    """The API root: the option, else $LINDIFUSE_DANDI_API, else the public archive's."""
-    root = option or os.environ.get(API_ENV) or DEFAULT_API
+def api_root(option: str | None, instance: str | None = None) -> str:
+    """The API root: the option, else $LINDIFUSE_DANDI_API, else the public archive's. A
+    dandi:// name of another instance than ``dandi`` needs one of the first two."""
+    root = option or os.environ.get(API_ENV)
+    if root is None:
+        if instance is not None and instance.lower() != "dandi":
+            raise SourceError(
+                f"dandi://{instance}/...: unknown DANDI instance {instance!r}; give its API "
+                f"root with --dandi-api (or ${API_ENV})"
+            )
+        root = DEFAULT_API
     return root.rstrip("/")
 
 

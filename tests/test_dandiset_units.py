@@ -37,7 +37,7 @@ from lindifuse.tree import Tree
         ("dandi://000939@0.240101.1234", DandiTarget("000939", "0.240101.1234")),
         ("dandi://000939@0.240101.1234/sub-1/", DandiTarget("000939", "0.240101.1234", "sub-1")),
         ("dandi://000939/sub-1/ses-2", DandiTarget("000939", None, "sub-1/ses-2")),
-        ("dandi://dandi/000939@draft", DandiTarget("000939", "draft")),
+        ("dandi://dandi/000939@draft", DandiTarget("000939", "draft", "", "dandi")),
         ("https://dandiarchive.example/dandiset/000939", DandiTarget("000939")),
         ("https://x.example/dandiset/000939/draft", DandiTarget("000939", "draft")),
         (
@@ -75,6 +75,12 @@ def test_api_root_and_host(monkeypatch):
     monkeypatch.setenv("LINDIFUSE_DANDI_API", "http://127.0.0.1:8000/api/")
     assert api_root(None) == "http://127.0.0.1:8000/api"
     assert api_root("http://h:1/x") == "http://h:1/x"
+    assert api_root(None, "other") == "http://127.0.0.1:8000/api"
+    monkeypatch.delenv("LINDIFUSE_DANDI_API")
+    assert api_root(None, "DANDI") == DEFAULT_API
+    with pytest.raises(SourceError) as e:
+        api_root(None, "staging")
+    assert "unknown DANDI instance 'staging'" in str(e.value) and "--dandi-api" in str(e.value)
     assert api_host("http://127.0.0.1:8000/api") == "127.0.0.1:8000"
     assert DandiResolver(hosts=(api_host("http://127.0.0.1:8000/api"),)).is_api(
         "http://127.0.0.1:8000/api/assets/x/download/"
