@@ -2,7 +2,7 @@
 #   make setup   .venv (lindifuse editable + test deps) and .venv-lindi (reference lindi, zarr 2)
 #   make lint    ruff check + ruff format --check
 #   make test    setup, lint, pytest
-#   make demo    make a small .lindi.tar with lindi, mount it, read it with zarr 3, unmount
+#   make demo    make a small .lindi.tar with lindi, mount it, read it with zarr 3; mount the HDF5 file itself; index it
 #   make bench   benchmarks/run_all.sh
 SHELL := /bin/bash
 .DEFAULT_GOAL := test

@@ -32,8 +32,9 @@ def add_parsers(sub: Any) -> None:
     p = sub.add_parser(
         "cache",
         help="inspect or clear the persistent chunk cache",
-        description="info: entries, bytes and disk usage of the cache directory. "
-        "clear: delete every entry (safe while mounts use the cache).",
+        description="info: entries, bytes and disk usage of the cache directory, and the HDF5 "
+        "indexes kept there. clear: delete every entry and index (safe while mounts use the "
+        "cache).",
     )
     p.add_argument("action", choices=["info", "clear"])
     p.add_argument(
@@ -130,11 +131,20 @@ def cmd_cache(args: argparse.Namespace) -> int:
     import sqlite3
 
     from .disk_cache import FORMAT_DIR, DiskCache, default_cache_dir
+    from .hdf5.load import IndexCache
 
     directory = os.path.abspath(args.cache_dir or default_cache_dir())
+    indexes = IndexCache(directory)
+    if args.action == "clear":
+        n_ix, ix_bytes = indexes.clear()
+        if n_ix and not args.json:
+            print(f"{directory}: removed {n_ix} HDF5 indexes ({_mib(ix_bytes)})")
+    else:
+        n_ix, ix_bytes = indexes.info()
     if not os.path.isdir(os.path.join(directory, FORMAT_DIR)):
         if args.action == "clear":
-            print(f"{directory}: no cache here (nothing to clear)")
+            if not n_ix:
+                print(f"{directory}: no cache here (nothing to clear)")
             return 0
         info: dict[str, Any] = {
             "directory": directory,
@@ -161,6 +171,8 @@ def cmd_cache(args: argparse.Namespace) -> int:
             info = store.info()
         finally:
             store.close()
+    info["hdf5_indexes"] = n_ix
+    info["hdf5_index_bytes"] = ix_bytes
     if args.json:
         print(json.dumps(info, indent=2))
     else:
@@ -169,4 +181,5 @@ def cmd_cache(args: argparse.Namespace) -> int:
         print(f"bytes:      {info['bytes']} ({_mib(info['bytes'])})")
         print(f"urls:       {info['urls']}")
         print(f"disk usage: {info['disk_usage']} ({_mib(info['disk_usage'])})")
+        print(f"HDF5 indexes: {n_ix} ({_mib(ix_bytes)})")
     return 0

@@ -34,6 +34,7 @@ examples:
   lindifuse info session.lindi.tar
   lindifuse mount dandi://000939 /mnt/000939          # a whole dandiset, NWB files as Zarr
   lindifuse info dandi://000939@0.240101.1234 --check-indexes
+  lindifuse mount session.nwb.lindi.tar /mnt/nwb --xarray    # for xarray.open_datatree
 
 exit status: 0 on success, 1 when the source, the mount point or the operation failed
 (one line on stderr says which file and why), 2 on a usage error.
@@ -136,6 +137,15 @@ def _mount_parser(sub: Any) -> None:
         "--no-lindi-index",
         action="store_true",
         help="dandisets: do not look for LINDI indexes; index every NWB asset from its HDF5 file",
+    )
+    p.add_argument(
+        "--xarray",
+        action="store_true",
+        help="serve an xarray-ready view (read-only): every array's .zattrs gains "
+        "_ARRAY_DIMENSIONS named from the NWB schema embedded in the file (<array>_dim_<i> "
+        "where the schema says nothing), zero fill values become null, and lindi's "
+        "JSON-encoded string, reference and compound arrays are served as strings or "
+        "structured arrays that zarr 3 reads; see docs/semantics.md",
     )
     p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
 
@@ -284,6 +294,8 @@ def cmd_info(args: argparse.Namespace) -> int:
             print(f"  {e['target']}  ({e['refs']} refs, {e['bytes']} bytes)")
     for k in summary["rejected_keys"]:
         print(f"warning: rejected key {k!r}")
+    for w in summary.get("left_out", []):
+        print(f"warning: {w}")
     return 0
 
 
@@ -299,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
             opts = MountOptions(
                 source=args.source if "://" in args.source else os.path.abspath(args.source),
                 mountpoint=os.path.abspath(args.mountpoint),
-                read_only=args.read_only,
+                read_only=args.read_only or args.xarray,
                 fuse_options=args.fuse_options,
                 log_file=args.log_file,
                 log_level=args.log_level,
@@ -313,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
                 dandi_api=args.dandi_api,
                 lindi_url_template=args.lindi_url_template,
                 no_lindi_index=args.no_lindi_index,
+                xarray=args.xarray,
             )
             if args.foreground:
                 return run_foreground(opts)

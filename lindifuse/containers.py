@@ -32,6 +32,7 @@ from .sources import HttpClient, LocalFiles, is_url
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 HEAD_BYTES = 1536  # first tar header + the 1024-byte .tar_entry.json data
+HDF5_HEAD_BYTES = 1 << 20  # the HDF5 indexer's first window (hdf5.blockfile)
 HDF5_EXTENSIONS = (".h5", ".hdf5", ".hdf", ".he5", ".nwb")
 # The superblock sits at 0 or at a power of two from 512 on (after a user block).
 SUPERBLOCK_OFFSETS = tuple([0] + [512 * 2**i for i in range(14)])  # up to 4 MiB
@@ -208,7 +209,12 @@ class HDF5Settings:
 
 
 async def _load_hdf5(
-    reader: Reader, source: str, remote: bool, total: int | None, settings: HDF5Settings | None
+    reader: Reader,
+    source: str,
+    remote: bool,
+    total: int | None,
+    settings: HDF5Settings | None,
+    head: bytes = b"",
 ) -> Container:
     from .hdf5.load import load_index, local_validator
 
@@ -230,8 +236,9 @@ async def _load_hdf5(
         options=settings.options,
         cache=settings.cache,
         progress=settings.progress,
+        head=head,
     )
-    rset = ReferenceSet.from_json(loaded.rfs, source)
+    rset = ReferenceSet.from_index(loaded.rfs)
     c = Container("hdf5", source, remote, rset, mtime, 0, total_size=total)
     c.index = loaded
     return c
@@ -249,8 +256,11 @@ async def open_container(
     and an HDF5 file's metadata."""
     reader = Reader(http, local, fetch)
     if is_url(source):
+        # an HDF5 file by its name: ask for the indexer's whole first window at once, so that
+        # sniffing and h5py's first reads cost one request
+        head_size = HDF5_HEAD_BYTES if looks_hdf5(source.split("?")[0]) else HEAD_BYTES
         try:
-            head, total = await http.get_head(source, HEAD_BYTES)
+            head, total = await http.get_head(source, head_size)
         except RefError as e:
             raise SourceError(str(e)) from None
         if total is not None:
@@ -276,7 +286,7 @@ async def open_container(
                 raise SourceError(str(e)) from None
             rset, jsize = await _rset_from_bytes(raw, source), len(raw)
         else:
-            return await _load_hdf5(reader, source, True, total, hdf5)
+            return await _load_hdf5(reader, source, True, total, hdf5, head)
         return Container(kind, source, True, rset, time.time(), jsize, members, total)
 
     path = os.path.abspath(source)

@@ -48,6 +48,20 @@ class Resolved:
         return [self.loc.where, self.offset, self.stored]
 
 
+class Derived:
+    """A key whose content is computed from another reference (the ``--xarray`` view).
+
+    ``source`` is an ordinary reference value (read like any other); ``convert`` maps its
+    bytes to the served bytes. The result is computed on first use and kept in the node.
+    """
+
+    __slots__ = ("source", "convert")
+
+    def __init__(self, source: Any, convert: Callable[[bytes], bytes]) -> None:
+        self.source = source
+        self.convert = convert
+
+
 class _DirPad:
     """Per-directory memo of the padded chunk size derived from its ``.zarray``."""
 
@@ -97,7 +111,38 @@ class ContentService:
         mount's one container here; a dandiset mount answers the node's asset."""
         return self.container
 
+    def set_overrides(self, overrides: dict[str, Any]) -> None:
+        """Serve ``overrides[key]`` (a reference value or a ``Derived``) instead of the key's
+        own reference. Only the --xarray view uses this; without it lookups are unchanged."""
+        if not overrides:
+            return
+        base = self._get_value
+
+        def get_value(key: str) -> Any:
+            value = overrides.get(key)
+            return base(key) if value is None else value
+
+        self._get_value = get_value
+
+    def value_of(self, key: str) -> Any:
+        """The reference value served for ``key`` (KeyError when there is none)."""
+        return self._get_value(key)
+
+    async def _resolve_derived(self, node: Node, value: Derived) -> Resolved:
+        r = await self._resolve_value(node, value.source)
+        if r.inline is not None:
+            raw = r.inline[: r.stored]
+        else:
+            raw = await self._read_stored(node, r, 0, r.stored)
+        try:
+            data = value.convert(raw)
+        except Exception as e:  # codecs raise many kinds
+            raise RefError(f"{node.key}: cannot convert for the xarray view: {e}") from None
+        return Resolved(data, None, 0, len(data), len(data))
+
     async def _resolve_value(self, node: Node, value: Any) -> Resolved:
+        if type(value) is Derived:
+            return await self._resolve_derived(node, value)
         ref = decode_value(node.key, value)
         if isinstance(ref, Inline):
             stored = len(ref.data)

@@ -23,7 +23,7 @@ from .containers import (
 )
 from .content import ContentService
 from .disk_cache import AsyncDiskCache, DiskCache, default_cache_dir, default_cache_size
-from .errors import RefError
+from .errors import RefError, SourceError
 from .fetch import Fetcher, ReadAhead
 from .fs import LindiOperations, WritableOperations
 from .h5link import chunk_refs, find_link
@@ -356,7 +356,9 @@ async def build_filesystem(opts: Any, progress: Any = None) -> FileSystem:
     fetcher = Fetcher(http, cache, disk)
     extra = {"fetcher": fetcher, "disk": disk, "readahead": getattr(opts, "readahead", True)}
     try:
-        kind = None if opts.read_only else _writable_kind(opts.source)
+        # The xarray view is derived content: never mounted writable, however it was asked for.
+        writable = not opts.read_only and not getattr(opts, "xarray", False)
+        kind = _writable_kind(opts.source) if writable else None
         if kind is not None:
             archive = await trio.to_thread.run_sync(
                 lambda: open_archive(opts.source, writable=True)
@@ -378,4 +380,24 @@ async def build_filesystem(opts: Any, progress: Any = None) -> FileSystem:
         await http.aclose()
         local.close()
         raise
-    return FileSystem(container, http, local, cache, read_only=True, **extra)
+    fs = FileSystem(container, http, local, cache, read_only=True, **extra)
+    await apply_xarray_view(fs, opts)
+    return fs
+
+
+async def apply_xarray_view(fs: FileSystem, opts: Any) -> None:
+    """With --xarray, install the xarray view (lindifuse.xview) on a read-only file system
+    before it is served; without it, do nothing at all."""
+    if not getattr(opts, "xarray", False):
+        return
+    assert fs.read_only, "the xarray view is only served read-only"
+    from .xview import install
+
+    t0 = time.monotonic()
+    try:
+        await install(fs.tree, fs.content)
+    except Exception as e:  # a bug: say so in one line, keep the traceback in the log
+        log.exception("building the xarray view failed")
+        await fs.aclose()
+        raise SourceError(f"{opts.source}: cannot build the xarray view: {e}") from None
+    log.info("xarray view built in %.2fs", time.monotonic() - t0)

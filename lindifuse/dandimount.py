@@ -387,6 +387,8 @@ async def build_dandiset_filesystem(opts: Any) -> Any:
 
     target = parse_target(opts.source)
     assert target is not None
+    if getattr(opts, "xarray", False):
+        raise SourceError(f"{opts.source}: --xarray is not supported for dandisets yet")
     api = api_root(getattr(opts, "dandi_api", None), target.instance)
     template: str | None = None
     if not getattr(opts, "no_lindi_index", False):

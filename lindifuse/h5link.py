@@ -66,18 +66,10 @@ def chunk_refs(
         ds = f[name if name.startswith("/") else "/" + name]
         if not isinstance(ds, h5py.Dataset) or ds.chunks is None:
             raise ValueError(f"{name} is not a chunked dataset")
-        chunks = ds.chunks
+        from .hdf5.indexer import add_chunk_refs
+
         out: dict[str, list[Any]] = {}
-
-        def add(info: Any) -> None:
-            cname = ".".join(str(a // b) for a, b in zip(info.chunk_offset, chunks, strict=True))
-            out[cname] = [ref_target, int(info.byte_offset), int(info.size)]
-
-        try:
-            ds.id.chunk_iter(add)
-        except (AttributeError, NotImplementedError):  # older HDF5 without H5Dchunk_iter
-            for i in range(ds.id.get_num_chunks()):
-                add(ds.id.get_chunk_info(i))
+        add_chunk_refs(out, "", ds, tuple(ds.chunks), ref_target)
         return out
     finally:
         f.close()

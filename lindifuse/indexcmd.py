@@ -12,13 +12,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from typing import Any
 
-import orjson
-
 from .errors import SourceError
+
+# (orjson, tempfile and the rest are imported when the command runs: `lindifuse mount` builds
+# this parser too, and its start-up time counts)
 
 DESCRIPTION = """\
 Index the HDF5 or NWB file SOURCE (a local path, an http(s) URL, or a DANDI asset URL) and write
@@ -103,6 +103,8 @@ def default_output(source: str) -> str:
 
 def write_atomic(path: str, data: bytes) -> None:
     """Write ``path`` whole or not at all (a temporary file renamed over it)."""
+    import tempfile
+
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".lindifuse-index-", suffix=".tmp")
     try:
@@ -120,7 +122,7 @@ async def _index(args: argparse.Namespace, progress: Any) -> Any:
     from .containers import HDF5Settings, open_container
     from .daemon import open_disk_cache
     from .fetch import Fetcher
-    from .hdf5.indexer import IndexOptions
+    from .hdf5.options import IndexOptions
     from .sources import HttpClient, LocalFiles
 
     options = IndexOptions(
@@ -163,6 +165,7 @@ def _rename_url(rfs: dict[str, Any], old: str, new: str) -> None:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
+    import orjson
     import trio
 
     from .progress import ProgressLine

@@ -41,7 +41,12 @@ async def summarize(source: str) -> dict[str, Any]:
             e = ext[target]
             e[0] += 1
             e[1] += size
+    extra: dict[str, Any] = {}
+    if c.kind == "hdf5":
+        meta = c.rset.extra.get("generationMetadata") or {}
+        extra["left_out"] = list(meta.get("warnings") or [])
     return {
+        **extra,
         "source": c.source,
         "kind": c.kind,
         "remote": c.remote,

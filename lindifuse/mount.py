@@ -45,6 +45,7 @@ class MountOptions:
     dandi_api: str | None = None  # DANDI API root for dandi:// sources (default: the public one)
     lindi_url_template: str | None = None  # where a dandiset's LINDI indexes are
     no_lindi_index: bool = False  # index NWB assets from their HDF5 files only
+    xarray: bool = False  # serve the xarray view (lindifuse.xview); implies read-only
 
 
 def setup_logging(log_file: str | None, level: str) -> None:

@@ -195,6 +195,14 @@ class ReferenceSet:
     extra: dict[str, Any]  # other top-level members (version, generationMetadata), kept on rewrite
 
     @classmethod
+    def from_index(cls, obj: dict[str, Any]) -> ReferenceSet:
+        """A reference set lindifuse's HDF5 indexer made (or read back from its own cache):
+        well-formed by construction (HDF5 names have no empty, ``.`` or ``..`` parts), so the
+        per-key validation of ``from_json`` is skipped; it costs as much as indexing chunks."""
+        extra = {k: v for k, v in obj.items() if k != "refs"}
+        return cls(refs=obj["refs"], templates=obj.get("templates") or {}, rejected=[], extra=extra)
+
+    @classmethod
     def from_json(cls, obj: Any, where: str) -> ReferenceSet:
         """Validate a parsed lindi.json / kerchunk v1 document. ``where`` names the file."""
         if not isinstance(obj, dict):

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Demo: make a small .lindi.tar with lindi, mount it with lindifuse, look at it
-# with ls, read an array with zarr-python 3, unmount (always, even on failure).
+# with ls, read an array with zarr-python 3; then mount the HDF5 file itself and
+# write its LINDI index with `lindifuse index`; unmount (always, even on failure).
 #
 #   make demo            (sets up both venvs first)
 #   bash scripts/demo.sh (venvs must exist: .venv and .venv-lindi or $LINDI_PYTHON)
@@ -37,7 +38,7 @@ mkdir -p "$MNT"
 if mounted; then  # left over from an interrupted run
     "$PY" -m lindifuse umount "$MNT" || fusermount3 -u -z "$MNT"
 fi
-rm -rf "$DEMO/example.h5" "$DEMO/example.lindi.tar" "$LOG"
+rm -rf "$DEMO/example.h5" "$DEMO/example.lindi.tar" "$DEMO/example.lindi.json" "$LOG"
 
 echo "--- 1. an HDF5 file (h5py) converted to $DEMO/example.lindi.tar by lindi"
 "$LINDI_PY" - "$DEMO" <<'EOF'
@@ -84,4 +85,23 @@ with h5py.File(h5, "r") as f:
     assert np.array_equal(ts, f["acquisition/ephys/timestamps"][:])
 print("OK: the mounted Zarr equals the HDF5 original")
 EOF
-echo "--- 5. done (unmounting in the exit trap)"
+"$PY" -m lindifuse umount "$MNT"
+
+echo "--- 5. the HDF5 file itself: lindifuse mount $DEMO/example.h5 $MNT (indexed on first mount)"
+"$PY" -m lindifuse mount "$DEMO/example.h5" "$MNT" --log-file "$LOG" --no-cache
+ls "$MNT/acquisition/ephys" "$MNT/acquisition/ephys/data"
+"$PY" - "$MNT" "$DEMO/example.h5" <<'EOF'
+import sys
+import h5py, numpy as np, zarr
+
+mnt, h5 = sys.argv[1], sys.argv[2]
+data = zarr.open_group(mnt, mode="r", zarr_format=2)["acquisition/ephys/data"]
+with h5py.File(h5, "r") as f:
+    assert np.array_equal(data[:], f["acquisition/ephys/data"][:])
+print("OK: zarr-python 3 on the mounted HDF5 file equals h5py:", data.shape, data.dtype)
+EOF
+"$PY" -m lindifuse umount "$MNT"
+
+echo "--- 6. lindifuse index $DEMO/example.h5 -o $DEMO/example.lindi.json (what lindi opens)"
+"$PY" -m lindifuse index "$DEMO/example.h5" -o "$DEMO/example.lindi.json"
+echo "--- 7. done"

@@ -213,6 +213,7 @@ class H5Files:
     ``features`` (every feature lindi handles), ``beyond`` (what lindi refuses: LZF, a large
     compact dataset, an unwritten contiguous dataset, a scalar reference), ``lzf``,
     ``extlink`` (an HDF5 external link), ``region`` (a region reference attribute),
+    ``plugins`` (Zstandard and bitshuffle plugin-filter chunks, written directly),
     ``many_chunks`` (one dataset of 2,000 chunks: over lindi's 1,000-chunk threshold),
     ``userblock`` (the superblock after a 2 KiB user block), ``nwb`` (pynwb's NWB file with
     TimeSeries, ElectricalSeries + electrodes region, units, links, a processing module).
@@ -233,6 +234,8 @@ class H5Files:
         hf.make_external_link(str(self.extlink), str(root / "extlink_target.h5"))
         self.region = root / "region.h5"
         hf.make_region_ref(str(self.region))
+        self.plugins = root / "plugins.h5"
+        hf.make_plugin_filters(str(self.plugins))
         self.many_chunks = root / "many_chunks.h5"
         hf.make_many_chunks(str(self.many_chunks), n_chunks=2000, chunk=64)
         self.userblock = root / "userblock.h5"

@@ -203,6 +203,27 @@ def make_beyond_lindi(path: str) -> None:
         f.create_dataset("lzf_shuffle", data=data, chunks=(64, 16), compression="lzf", shuffle=True)
 
 
+def make_plugin_filters(path: str) -> None:
+    """Chunks written with HDF5 plugin filters that this HDF5 build does not have (chunks are
+    encoded here and written with write_direct_chunk): Zstandard (32015; numcodecs has a codec)
+    and bitshuffle (32008; no numcodecs codec). Both datasets hold arange(1000) as int32."""
+    import numcodecs
+
+    data = np.arange(1000, dtype="<i4")
+    zstd = numcodecs.Zstd(level=3)
+    with h5py.File(path, "w") as f:
+        for name, fid, vals in (("zstd", 32015, (3,)), ("bitshuffle", 32008, (0, 0, 4, 0, 2))):
+            dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+            dcpl.set_chunk((100,))
+            dcpl.set_filter(fid, h5py.h5z.FLAG_OPTIONAL, vals)
+            space = h5py.h5s.create_simple((1000,))
+            dsid = h5py.h5d.create(f.id, name.encode(), h5py.h5t.STD_I32LE, space, dcpl=dcpl)
+            for i in range(10):
+                chunk = data[i * 100 : (i + 1) * 100]
+                raw = bytes(zstd.encode(chunk)) if name == "zstd" else chunk.tobytes()
+                dsid.write_direct_chunk((i * 100,), raw, filter_mask=0)
+
+
 def make_external_link(path: str, other: str) -> None:
     """A file with an HDF5 external link (lindi cannot represent it)."""
     with h5py.File(other, "w") as g:

@@ -50,6 +50,9 @@ Subcommands (all paths may be relative):
       An NWB file written by pynwb with a TimeSeries with timestamps, an ElectricalSeries with
       an electrodes table region, a units table with ragged spike times, strings, a link
       (a TimeSeries whose timestamps link to another's) and a processing module.
+  make-nwb-many OUT.nwb [--series N]
+      An NWB file written by pynwb with N TimeSeries (data gzip-chunked, timestamps) in
+      acquisition: about 3N + 30 HDF5 objects (benchmarks).
   dump-nwb SOURCE [--lindi]
       Read SOURCE with pynwb (through lindi with --lindi, else the HDF5 file itself) and print
       its content as JSON, for comparing the two readings.
@@ -530,6 +533,35 @@ def make_nwb_full(path: str) -> None:
         io.write(nwb)
 
 
+def make_nwb_many(path: str, series: int) -> None:
+    import datetime
+
+    from hdmf.backends.hdf5 import H5DataIO
+    from pynwb import NWBHDF5IO, NWBFile, TimeSeries
+
+    nwb = NWBFile(
+        session_description="many objects",
+        identifier="lindifuse-many",
+        session_start_time=datetime.datetime(2024, 5, 1, 12, tzinfo=datetime.UTC),
+    )
+    rng = np.random.default_rng(11)
+    for i in range(series):
+        data = H5DataIO(
+            rng.standard_normal((2000, 4)).astype("float32"), compression="gzip", chunks=(500, 4)
+        )
+        nwb.add_acquisition(
+            TimeSeries(
+                name=f"series_{i:04d}",
+                data=data,
+                timestamps=np.arange(2000) / 100.0,
+                unit="V",
+                description=f"series {i}",
+            )
+        )
+    with NWBHDF5IO(path, "w") as io:
+        io.write(nwb)
+
+
 def _dump_ts(obj) -> dict:
     d = {"type": type(obj).__name__, "data": _plain(np.asarray(obj.data[:]))}
     for attr in ("unit", "description", "rate", "starting_time"):
@@ -631,6 +663,9 @@ def main(argv=None) -> int:
     a.add_argument("h5")
     a = sub.add_parser("make-nwb-full")
     a.add_argument("out")
+    a = sub.add_parser("make-nwb-many")
+    a.add_argument("out")
+    a.add_argument("--series", type=int, default=200)
     a = sub.add_parser("dump-nwb")
     a.add_argument("source")
     a.add_argument("--lindi", action="store_true")
@@ -660,6 +695,8 @@ def main(argv=None) -> int:
         h5_compare(args.index, args.h5)
     elif args.cmd == "make-nwb-full":
         make_nwb_full(args.out)
+    elif args.cmd == "make-nwb-many":
+        make_nwb_many(args.out, args.series)
     elif args.cmd == "dump-nwb":
         dump_nwb(args.source, args.lindi, args.zarr_dir)
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import h5py
@@ -245,7 +246,11 @@ def test_beyond_lindi_is_described_or_reported(h5_files, run_cli, tmp_path):
 
 @pytest.mark.parametrize(
     "fixture, name, what",
-    [("extlink", "/ext", "external link"), ("region", "region", "region reference")],
+    [
+        ("extlink", "/ext", "external link"),
+        ("region", "region", "region reference"),
+        ("plugins", "/bitshuffle", "filter 32008 (bitshuffle)"),
+    ],
 )
 def test_unrepresentable_objects_are_named_and_strict_fails(
     h5_files, run_cli, tmp_path, fixture, name, what
@@ -311,3 +316,76 @@ def test_truncated_and_corrupt_files_are_one_line_errors(h5_files, run_cli, tmp_
         assert len(lines) == 1 and str(src.name) in lines[0], res.stderr
         assert "Traceback" not in res.stderr
         assert not (tmp_path / "x.json").exists()
+
+
+def test_dandi_asset_url_is_indexed_under_its_stable_url(h5_files, run_cli, tmp_path):
+    """An asset URL of a DANDI-like API that redirects to a pre-signed "S3" URL: the index names
+    the asset URL (signatures expire), and the API key goes to the API host only."""
+    from httpserver import RangeServer
+
+    (tmp_path / "s3").mkdir()
+    (tmp_path / "api").mkdir()
+    shutil.copy(h5_files.nwb, tmp_path / "s3" / "blob")
+    with RangeServer(tmp_path / "s3") as s3, RangeServer(tmp_path / "api") as api:
+        asset = "api/assets/9a1b/download/"
+        api.add_redirect(asset, s3.url("blob?X-Amz-Date=20260101T000000Z&X-Amz-Expires=99999"))
+        env = dict(os.environ)
+        env["LINDIFUSE_DANDI_API_HOSTS"] = f"127.0.0.1:{api.port}"
+        env["DANDI_API_KEY"] = "k3y"
+        out = tmp_path / "asset.lindi.json"
+        res = run_cli("index", api.url(asset), "-o", out, "--no-cache", env=env)
+        assert res.rc == 0, res.describe()
+        doc = json.loads(out.read_text())
+        targets = {v[0] for v in _expanded(doc).values() if isinstance(v, list)}
+        assert targets == {api.url(asset)}
+        assert all(r.authorization == "token k3y" for r in api.log)
+        assert s3.log and all(r.authorization is None for r in s3.log)
+        assert len(s3.log) <= 6
+
+
+def _under_a_terminal(cmd: list[str], timeout: float = 120) -> tuple[int, str]:
+    """Run ``cmd`` with stderr on a pseudo-terminal; (exit status, what the terminal got)."""
+    import pty
+    import select
+    import subprocess
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=follower
+    )
+    os.close(follower)
+    chunks = []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            r, _, _ = select.select([leader], [], [], 0.2)
+            if r:
+                try:
+                    data = os.read(leader, 65536)
+                except OSError:
+                    break
+                if not data:
+                    break
+                chunks.append(data)
+            elif proc.poll() is not None:
+                break
+        rc = proc.wait(timeout=max(1, deadline - time.monotonic()))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(leader)
+    return rc, b"".join(chunks).decode(errors="replace")
+
+
+def test_progress_on_a_terminal_only(h5_files, run_cli, tmp_path):
+    from harness import cli_args
+
+    rc, tty = _under_a_terminal(
+        cli_args("index", h5_files.many_chunks, "-o", tmp_path / "a.json", "--all-chunks")
+    )
+    assert rc == 0, tty
+    assert "indexing many_chunks.h5:" in tty and "chunks" in tty and "\x1b[K" in tty
+    res = run_cli("index", h5_files.many_chunks, "-o", tmp_path / "b.json", "--all-chunks")
+    assert res.rc == 0 and "\r" not in res.stderr and "\x1b" not in res.stderr
+    assert res.stderr.count("\n") == 1  # the one summary line

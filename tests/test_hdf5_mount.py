@@ -145,6 +145,17 @@ def test_beyond_lindi_values_through_the_mount(h5_files, mount):
     m.umount()
 
 
+def test_plugin_filter_with_a_numcodecs_codec_reads(h5_files, mount):
+    """Zstandard chunks (HDF5 plugin 32015) read through the mount with numcodecs' zstd, though
+    this HDF5 build cannot read them itself; bitshuffle (no codec) is left out and logged."""
+    m = mount(h5_files.plugins)
+    g = zarr.open_group(str(m.path), mode="r", zarr_format=2)
+    assert np.array_equal(g["zstd"][...], np.arange(1000, dtype="<i4"))
+    assert "bitshuffle" not in os.listdir(m.path)
+    assert "/bitshuffle: HDF5 filter 32008 (bitshuffle)" in m.log_text()
+    m.umount()
+
+
 def test_large_dataset_is_an_external_link_resolved_on_first_use(h5_files, mount):
     m = mount(h5_files.many_chunks)
     z = json.loads((m.path / "data/.zattrs").read_text())
@@ -214,6 +225,10 @@ def test_info_on_hdf5(h5_files, run_cli):
     got = json.loads(res.stdout)
     assert got["kind"] == "hdf5" and got["arrays"] > 40 and got["groups"] > 10
     assert got["external"][0]["target"] == str(h5_files.features)
+    assert got["left_out"] == []
+    res = run_cli("info", h5_files.region)
+    assert res.rc == 0, res.describe()
+    assert "warning: / attribute 'region': region references" in res.stdout, res.stdout
 
 
 @pytest.mark.lindi
@@ -244,3 +259,69 @@ def test_create_from_nwb_amend_and_read_with_lindi_and_pynwb(
     got = json.loads(out.strip().splitlines()[-1])
     assert np.allclose(got["processing/derived/values"]["values"], values)
     assert got["processing/derived"]["attrs"]["description"] == "added through the mount"
+
+
+def test_mount_shows_indexing_progress_on_a_terminal(h5_files, tmp_path):
+    """`mount` (background) relays the daemon's indexing progress to its own terminal and still
+    returns only once the mount answers."""
+    from harness import cli_args, force_unmount, is_mounted, run_cli, terminate_pid
+    from test_hdf5_index import _under_a_terminal
+
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    log, pid_file = tmp_path / "log", tmp_path / "pid"
+    try:
+        rc, tty = _under_a_terminal(
+            cli_args(
+                "mount",
+                h5_files.many_chunks,
+                mp,
+                "--no-cache",
+                "--log-file",
+                log,
+                "--pid-file",
+                pid_file,
+            )
+        )
+        assert rc == 0, tty
+        assert "indexing many_chunks.h5:" in tty, tty
+        assert is_mounted(mp) and len(os.listdir(mp / "data")) == 2002
+    finally:
+        if is_mounted(mp):
+            res = run_cli("umount", mp)
+            if res.rc != 0:
+                force_unmount(mp)
+        if pid_file.exists():
+            terminate_pid(int(pid_file.read_text()))
+
+
+def test_cache_info_and_clear_cover_hdf5_indexes(h5_files, mount, run_cli, tmp_path):
+    cache = tmp_path / "cache"
+    m = mount(h5_files.features, None, "--cache-dir", cache)
+    m.umount()
+    res = run_cli("cache", "info", "--cache-dir", cache, "--json")
+    assert res.rc == 0 and json.loads(res.stdout)["hdf5_indexes"] == 1, res.describe()
+    res = run_cli("cache", "clear", "--cache-dir", cache)
+    assert res.rc == 0 and "removed 1 HDF5 indexes" in res.stdout, res.describe()
+    m = mount(h5_files.features, None, "--cache-dir", cache)
+    assert _log_has(m, "indexed HDF5")  # indexed again
+    m.umount()
+
+
+@pytest.mark.lindi
+def test_create_from_remote_nwb_references_the_url(
+    h5_files, run_cli, http_server, lindi_gen, tmp_path
+):
+    http_server.add_file("full.nwb", h5_files.nwb)
+    url = http_server.url("full.nwb")
+    archive = tmp_path / "remote.lindi.tar"
+    res = run_cli("create", archive, "--from", url)
+    assert res.rc == 0, res.describe()
+    res = run_cli("info", archive, "--json")
+    got = json.loads(res.stdout)
+    assert [e["target"] for e in got["external"]] == [url]
+    direct = lindi_gen("dump-nwb", h5_files.nwb).stdout
+    via = lindi_gen("dump-nwb", archive, "--lindi").stdout  # lindi reads the chunks by URL
+    a = json.loads([x for x in direct.splitlines() if x.startswith("{")][-1])
+    b = json.loads([x for x in via.splitlines() if x.startswith("{")][-1])
+    assert a == b

@@ -9,7 +9,9 @@ in memory and fetches missing blocks with one request per run of them:
   h5py and pynwb, much of the early metadata);
 - a miss fetches ``block`` bytes; a miss right after the previous one (a forward scan) doubles the
   window, up to ``max_window``, the way a kernel's read-ahead grows, and a jump resets it;
-- a read larger than the window is fetched whole, in one request.
+- a read larger than the window is fetched whole, in one request;
+- during a forward scan, ``prefetch(offset, size)`` (when given; it must not block) is told the
+  next window before the current one is read, so the two requests overlap.
 
 Blocks are aligned, so a second indexing of the same file (after a changed option, say) asks the
 fetcher — and its memory and disk caches — for the same ranges again.
@@ -38,9 +40,12 @@ class BlockFile(io.RawIOBase):
         first: int = 1 * MiB,
         max_window: int = 8 * MiB,
         max_cached: int = 512 * MiB,
+        prefetch: Callable[[int, int], None] | None = None,
     ) -> None:
         super().__init__()
         self._read_range = read_range
+        self._prefetch = prefetch
+        self.prefetches = 0
         self.size = size
         self.block = block
         self.first = max(first, block)
@@ -96,6 +101,19 @@ class BlockFile(io.RawIOBase):
 
     # -- blocks ----------------------------------------------------------------------------
 
+    def seed(self, head: bytes) -> None:
+        """Take the file's first ``len(head)`` bytes as if the first read had fetched them (the
+        caller sniffed the file with them); the next read right after them is a forward scan."""
+        n = len(head) if len(head) >= self.size else len(head) // self.block * self.block
+        if n == 0:
+            return
+        for b in range(-(-n // self.block)):
+            piece = head[b * self.block : min((b + 1) * self.block, n)]
+            self._blocks[b] = piece
+            self._cached += len(piece)
+        self.requests = max(self.requests, 1)  # the first window is done
+        self._last_miss_end = n
+
     def pread(self, offset: int, size: int) -> bytes:
         """Up to ``size`` bytes at ``offset`` (fewer only at the end of the file)."""
         end = min(offset + size, self.size)
@@ -115,23 +133,39 @@ class BlockFile(io.RawIOBase):
             parts.append(data[lo:hi])
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    def _fetch(self, first_block: int, last_block: int) -> None:
+    def _span(self, first_block: int, last_block: int, window: int) -> tuple[int, int]:
+        """The byte range to fetch for a miss on blocks ``first_block..last_block``: at least
+        ``window`` bytes, stopping before a block already held and at the end of the file."""
         start = first_block * self.block
-        if self.requests == 0:
-            want = self.first
-        else:
-            if start == self._last_miss_end:
-                self._window = min(self._window * 2, self.max_window)
-            else:
-                self._window = self.block
-            want = self._window
-        end = max((last_block + 1) * self.block, start + want)
-        # stop the run at the first block already held, and at the end of the file
+        end = max((last_block + 1) * self.block, start + window)
         for b in range(last_block + 1, -(-end // self.block)):
             if b in self._blocks:
                 end = b * self.block
                 break
-        end = min(end, self.size)
+        return start, min(end, self.size)
+
+    def _fetch(self, first_block: int, last_block: int) -> None:
+        start = first_block * self.block
+        sequential = False
+        if self.requests == 0:
+            want = self.first
+            sequential = True
+        else:
+            if start == self._last_miss_end:
+                self._window = min(self._window * 2, self.max_window)
+                sequential = True
+            else:
+                self._window = self.block
+            want = self._window
+        start, end = self._span(first_block, last_block, want)
+        if sequential and self._prefetch is not None and end < self.size:
+            # a forward scan: start the next window now, so its latency overlaps h5py's work on
+            # this one; the read of that window later joins the request in flight
+            nb = end // self.block
+            nstart, nend = self._span(nb, nb, min(self._window * 2, self.max_window))
+            if nend > nstart:
+                self._prefetch(nstart, nend - nstart)
+                self.prefetches += 1
         data = self._read_range(start, end - start)
         if len(data) != end - start:
             raise OSError(f"short read: {len(data)} of {end - start} bytes at {start}")

@@ -45,6 +45,19 @@ JSON_FILTER: dict[str, Any] = {
 H5Z_DEFLATE, H5Z_SHUFFLE, H5Z_FLETCHER32, H5Z_SZIP, H5Z_NBIT, H5Z_SCALEOFFSET = 1, 2, 3, 4, 5, 6
 H5Z_LZF, H5Z_BLOSC, H5Z_LZ4, H5Z_BITSHUFFLE, H5Z_ZSTD = 32000, 32001, 32004, 32008, 32015
 _BLOSC_NAMES = ("blosclz", "lz4", "lz4hc", "snappy", "zlib", "zstd")
+# names of filters HDF5 may not know (not registered here), for the message that refuses them
+_FILTER_NAMES = {
+    H5Z_SZIP: "szip",
+    H5Z_NBIT: "n-bit",
+    H5Z_SCALEOFFSET: "scale-offset",
+    H5Z_LZ4: "lz4 (HDF5 plugin framing)",
+    H5Z_BITSHUFFLE: "bitshuffle",
+    307: "bzip2",
+    32013: "zfp",
+    32017: "sz",
+    32018: "fcidecomp",
+    32026: "blosc2",
+}
 
 # Elements below which a numeric dataset is inlined (lindi: ``size < 1000``).
 INLINE_MAX_ELEMENTS = 1000
@@ -180,9 +193,8 @@ def codecs_for(ds: h5py.Dataset) -> list[dict[str, Any]]:
             )
         else:
             label = name.decode(errors="replace") if isinstance(name, bytes) else str(name)
-            raise Unsupported(
-                f"{ds.name}: HDF5 filter {code} ({label or 'unnamed'}) has no numcodecs codec"
-            )
+            label = _FILTER_NAMES.get(code) or label or "unregistered"
+            raise Unsupported(f"{ds.name}: HDF5 filter {code} ({label}) has no numcodecs codec")
     return out
 
 

@@ -13,9 +13,9 @@ called every few hundred chunks and after every object.
 from __future__ import annotations
 
 import base64
+import gc
 import logging
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,25 +33,9 @@ from .convert import (
     zarr_attr,
     zarray_meta,
 )
+from .options import IndexOptions, Progress
 
 log = logging.getLogger(__name__)
-
-INDEX_FORMAT = 1  # bump when the output for the same file changes (invalidates cached indexes)
-
-
-@dataclass(frozen=True)
-class IndexOptions:
-    """lindi's ``LindiH5ZarrStoreOpts``, same defaults.
-
-    ``chunk_threshold``: a chunked dataset with more chunks than this (counting unallocated
-    ones) is written as an ``_EXTERNAL_ARRAY_LINK`` instead of listing its chunks; None lists
-    every chunk (``--all-chunks``). ``split_size``: an uncompressed numeric dataset stored as
-    one piece and larger than this many bytes is described as row blocks of about this size;
-    None keeps it one chunk.
-    """
-
-    chunk_threshold: int | None = 1000
-    split_size: int | None = 20_000_000
 
 
 @dataclass
@@ -61,9 +45,6 @@ class IndexResult:
     objects: int = 0
     chunks: int = 0
     external_links: int = 0
-
-
-Progress = Callable[[int, int], None]
 
 
 def inline_value(content: bytes) -> str:
@@ -90,6 +71,9 @@ class _Indexer:
     ) -> None:
         self.f = f
         self.url = url
+        # every chunk reference names the same file: written as lindi's template "{{u1}}"
+        # from the start and put back to the plain URL at the end if used fewer than 5 times
+        self.target = "{{u1}}"
         self.opts = opts
         self.progress = progress
         self.refs: dict[str, Any] = {}
@@ -101,8 +85,8 @@ class _Indexer:
     # -- reporting ---------------------------------------------------------------------------
 
     def warn(self, message: str) -> None:
+        """Something left out: reported by the caller (``index`` on stderr, a mount in its log)."""
         self.result.warnings.append(message)
-        log.warning("%s", message)
 
     def _tick(self, force: bool = False) -> None:
         if self.progress is None:
@@ -145,9 +129,19 @@ class _Indexer:
         if self.result.warnings:
             meta["warnings"] = list(self.result.warnings)
         rfs: dict[str, Any] = {"generationMetadata": meta, "refs": self.refs, "version": 1}
-        use_templates(rfs)
+        self._templates(rfs)
         self.result.rfs = rfs
         return self.result
+
+    def _templates(self, rfs: dict[str, Any]) -> None:
+        """lindi's ``use_templates_in_rfs`` for our one target: ``{{u1}}`` when it is used 5 or
+        more times, else the URL itself."""
+        ranges = [v for v in self.refs.values() if type(v) is list]
+        if len(ranges) >= 5:
+            rfs["templates"] = {"u1": self.url}
+            return
+        for v in ranges:
+            v[0] = self.url
 
     def _attrs(self, key: str, obj: h5py.HLObject) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -288,7 +282,7 @@ class _Indexer:
             if offset is None:  # never written: no storage, the fill value shows
                 return
             if split_rows is None:
-                self.refs[_join(key, ".".join("0" for _ in shape))] = [self.url, offset, nbytes]
+                self.refs[_join(key, ".".join("0" for _ in shape))] = [self.target, offset, nbytes]
                 self._count(1)
                 return
             step = split_rows * math.prod(shape[1:]) * dtype.itemsize
@@ -296,7 +290,7 @@ class _Indexer:
             for i in range(-(-shape[0] // split_rows)):
                 start = offset + i * step
                 n = min(step, offset + nbytes - start)
-                self.refs[f"{key}/{i}{rest}"] = [self.url, start, n]
+                self.refs[f"{key}/{i}{rest}"] = [self.target, start, n]
             self._count(-(-shape[0] // split_rows))
             return
         self._chunks(key, ds, chunks)
@@ -306,27 +300,8 @@ class _Indexer:
         self._tick()
 
     def _chunks(self, key: str, ds: h5py.Dataset, chunks: tuple[int, ...]) -> None:
-        refs = self.refs
-        url = self.url
-        masked = 0
-        n = 0
-
-        def add(info: Any) -> None:
-            nonlocal masked, n
-            name = ".".join(str(o // c) for o, c in zip(info.chunk_offset, chunks, strict=True))
-            refs[f"{key}/{name}"] = [url, int(info.byte_offset), int(info.size)]
-            if info.filter_mask:
-                masked += 1
-            n += 1
-            if n % 500 == 0:
-                self._count(500)
-
-        try:
-            ds.id.chunk_iter(add)
-        except (AttributeError, NotImplementedError):  # HDF5 < 1.12.3: no H5Dchunk_iter
-            for i in range(ds.id.get_num_chunks()):
-                add(ds.id.get_chunk_info(i))
-        self._count(n % 500)
+        n, masked = add_chunk_refs(self.refs, key + "/", ds, chunks, self.target)
+        self._count(n)
         if masked:
             self.warn(
                 f"{ds.name}: {masked} chunks were stored with a filter skipped (HDF5 filter mask); "
@@ -334,35 +309,45 @@ class _Indexer:
             )
 
 
+def add_chunk_refs(
+    refs: dict[str, Any], prefix: str, ds: h5py.Dataset, chunks: tuple[int, ...], target: str
+) -> tuple[int, int]:
+    """Put ``prefix + chunk name: [target, offset, size]`` in ``refs`` for every allocated chunk
+    of ``ds`` (one ``H5Dchunk_iter`` walk); returns (chunks, chunks stored with a filter skipped).
+
+    ``list.append`` as the callback keeps h5py's C loop free of Python frames; the names are
+    made afterwards in one pass (about 3x faster than formatting them in a callback)."""
+    infos: list[Any] = []
+    try:
+        ds.id.chunk_iter(infos.append)
+    except (AttributeError, NotImplementedError):  # HDF5 < 1.12.3: no H5Dchunk_iter
+        infos = [ds.id.get_chunk_info(i) for i in range(ds.id.get_num_chunks())]
+    if len(chunks) == 1:
+        c0 = chunks[0]
+        for info in infos:
+            refs[prefix + str(info.chunk_offset[0] // c0)] = [target, info.byte_offset, info.size]
+    else:
+        for info in infos:
+            name = ".".join([str(o // c) for o, c in zip(info.chunk_offset, chunks, strict=True)])
+            refs[prefix + name] = [target, info.byte_offset, info.size]
+    return len(infos), sum(1 for info in infos if info.filter_mask)
+
+
 def _grid_count(shape: tuple[int, ...], chunks: tuple[int, ...]) -> int:
     return math.prod((s + c - 1) // c if c else 0 for s, c in zip(shape, chunks, strict=True))
-
-
-def use_templates(rfs: dict[str, Any]) -> None:
-    """lindi's ``use_templates_in_rfs``: a target URL used 5 or more times becomes ``{{uN}}``."""
-    counts: dict[str, int] = {}
-    for v in rfs["refs"].values():
-        if isinstance(v, list) and "{{" not in v[0]:
-            counts[v[0]] = counts.get(v[0], 0) + 1
-    many = sorted(u for u, c in counts.items() if c >= 5)
-    if not many:
-        return
-    templates = rfs.setdefault("templates", {})
-    names = {u: n for n, u in templates.items()}
-    for u in many:
-        if u not in names:
-            i = 1
-            while f"u{i}" in templates:
-                i += 1
-            templates[f"u{i}"] = u
-            names[u] = f"u{i}"
-    for v in rfs["refs"].values():
-        if isinstance(v, list) and v[0] in names:
-            v[0] = "{{" + names[v[0]] + "}}"
 
 
 def index_file(
     f: h5py.File, url: str, options: IndexOptions | None = None, progress: Progress | None = None
 ) -> IndexResult:
-    """Describe the open HDF5 file ``f``; chunk references name ``url`` (a path or URL)."""
-    return _Indexer(f, url, options or IndexOptions(), progress).run()
+    """Describe the open HDF5 file ``f``; chunk references name ``url`` (a path or URL).
+
+    The garbage collector is paused meanwhile: indexing creates a few objects per chunk and none
+    of them form cycles, so collections would only rescan them (about 20% of the time)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _Indexer(f, url, options or IndexOptions(), progress).run()
+    finally:
+        if enabled:
+            gc.enable()

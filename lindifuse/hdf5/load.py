@@ -12,6 +12,7 @@ Finished indexes are kept in ``<cache dir>/indexes/`` under a key made of the so
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -20,14 +21,18 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
+import outcome
 import trio
 
 from ..errors import FormatError, SourceError
 from .blockfile import BlockFile
-from .indexer import INDEX_FORMAT, IndexOptions, IndexResult, Progress, index_file
+from .options import INDEX_FORMAT, IndexOptions, Progress
+
+if TYPE_CHECKING:
+    from .indexer import IndexResult
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +78,28 @@ class IndexCache:
             log.warning("cached index %s is damaged: indexing again", self._path(key))
             return None
         return doc if isinstance(doc, dict) and "refs" in doc else None
+
+    def info(self) -> tuple[int, int]:
+        """(indexes kept, their bytes)."""
+        n = size = 0
+        for folder, _, names in os.walk(self.root):
+            for name in names:
+                if name.endswith(".json"):
+                    n += 1
+                    with contextlib.suppress(OSError):
+                        size += os.stat(os.path.join(folder, name)).st_size
+        return n, size
+
+    def clear(self) -> tuple[int, int]:
+        """Delete every kept index (mounts index again what they mount next); (count, bytes)."""
+        n, size = self.info()
+        for folder, _, names in os.walk(self.root, topdown=False):
+            for name in names:
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(folder, name))
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
+        return n, size
 
     def put(self, key: str, rfs: dict[str, Any]) -> None:
         path = self._path(key)
@@ -123,6 +150,8 @@ def index_local(
 def _run_index(
     f: Any, url: str, options: IndexOptions, progress: Progress | None, where: str
 ) -> IndexResult:
+    from .indexer import index_file
+
     try:
         return index_file(f, url, options, progress)
     except (OSError, RuntimeError, KeyError, ValueError) as e:
@@ -140,11 +169,13 @@ async def load_index(
     options: IndexOptions | None = None,
     cache: IndexCache | None = None,
     progress: Progress | None = None,
+    head: bytes = b"",
 ) -> Loaded:
     """The LINDI refs of the HDF5 file ``source`` (absolute path or URL).
 
     ``validator`` names the file's version (None: unknown, so the index is not cached); for a
-    URL, ``size`` is its length and ``read`` fetches its ranges.
+    URL, ``size`` is its length and ``read`` fetches its ranges; ``head``, the file's first bytes
+    when the caller has them already, saves reading them again.
     """
     options = options or IndexOptions()
     t0 = time.monotonic()
@@ -157,20 +188,38 @@ async def load_index(
         if read is None or size is None:
             raise SourceError(f"{source}: the server did not report the file's size")
         token = trio.lowlevel.current_trio_token()
+        reader = read
 
         def read_range(offset: int, n: int) -> bytes:
-            return trio.from_thread.run(read, source, offset, n, trio_token=token)
+            return trio.from_thread.run(reader, source, offset, n, trio_token=token)
 
-        bf = BlockFile(read_range, size)
+        async def prefetch_one(offset: int, n: int) -> None:
+            # on failure the read that needs these bytes fetches them again and reports
+            with contextlib.suppress(Exception):
+                await reader(source, offset, n)
 
-        def work() -> IndexResult:
-            f = _open_h5(bf, source)
-            try:
-                return _run_index(f, source, options, progress, source)
-            finally:
-                f.close()
+        async with trio.open_nursery() as nursery:
 
-        result = await trio.to_thread.run_sync(work, abandon_on_cancel=True)
+            def prefetch(offset: int, n: int) -> None:
+                trio.from_thread.run_sync(
+                    nursery.start_soon, prefetch_one, offset, n, trio_token=token
+                )
+
+            bf = BlockFile(read_range, size, prefetch=prefetch)
+            if head:
+                bf.seed(head)
+
+            def work() -> IndexResult:
+                f = _open_h5(bf, source)
+                try:
+                    return _run_index(f, source, options, progress, source)
+                finally:
+                    f.close()
+
+            # captured, so that an error leaves the nursery as itself, not in an ExceptionGroup
+            got = await outcome.acapture(trio.to_thread.run_sync, work, abandon_on_cancel=True)
+            nursery.cancel_scope.cancel()
+        result = got.unwrap()
         requests, nbytes = bf.requests, bf.bytes_fetched
     else:
         result = await trio.to_thread.run_sync(
