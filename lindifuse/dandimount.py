@@ -55,6 +55,10 @@ RETRY_AFTER = 30.0  # seconds before a failed asset is tried again
 _MISSING = object()
 
 
+def _warm_imports() -> None:
+    import numpy  # noqa: F401
+
+
 def _parse_index(raw: bytes, where: str) -> ReferenceSet:
     return ReferenceSet.from_json(parse_json(raw, where), where)
 
@@ -348,6 +352,14 @@ class DandisetFileSystem(FileSystem):
                 log.warning("%s: %s", a.path, w)
         # Not kept: loaded.rfs (the same refs again); memory grows with assets opened.
         return Container("hdf5", url, True, rset, time.time(), 0, total_size=a.size)
+
+    async def background(self) -> None:
+        """As every mount, plus: import numpy (the chunk padding rule needs it on the first
+        read of any array) in a worker thread right after mounting, while the user is still
+        listing folders, instead of during the first read."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.to_thread.run_sync, _warm_imports)
+            await super().background()
 
     # -- reporting -------------------------------------------------------------------
 
