@@ -25,6 +25,8 @@ def add_parsers(sub: Any) -> None:
         description="Print the HTTP requests, bytes fetched, memory and disk cache hits and "
         "misses, merged requests, read-ahead, retries, errors and request latency percentiles "
         "of the mount at MOUNTPOINT (read from its user.lindifuse.stats attribute).",
+        epilog="examples:\n  lindifuse stats /mnt/session\n  lindifuse stats --json /mnt/session",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
     p.add_argument("--json", action="store_true", help="the raw counters as JSON")
@@ -35,6 +37,10 @@ def add_parsers(sub: Any) -> None:
         description="info: entries, bytes and disk usage of the cache directory, and the HDF5 "
         "indexes kept there. clear: delete every entry and index (safe while mounts use the "
         "cache).",
+        epilog="examples:\n"
+        "  lindifuse cache info\n"
+        "  lindifuse cache clear --cache-dir /var/cache/lindifuse",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("action", choices=["info", "clear"])
     p.add_argument(

@@ -27,6 +27,7 @@ EPILOG = """\
 examples:
   lindifuse mount session.lindi.tar /mnt/session
   lindifuse mount https://example.org/data/file.lindi.json /mnt/remote --read-only
+  lindifuse session.lindi.tar /mnt/session -o ro,allow_other   # the form fstab uses
   python -c 'import zarr; print(zarr.open_group("/mnt/session", mode="r", zarr_format=2).tree())'
   lindifuse umount /mnt/session
   lindifuse mount sub-01_ses-01.nwb /mnt/nwb          # HDF5/NWB directly, read-only
@@ -42,17 +43,39 @@ exit status: 0 on success, 1 when the source, the mount point or the operation f
 See docs/semantics.md for exactly which file operations work and how."""
 
 
-def _mount_parser(sub: Any) -> None:
+MOUNT_EPILOG = """\
+-o options (comma-separated, repeatable; the spelling fstab and mount(8) use):
+  every long option above without its dashes, '-' as '_': ro, rw, foreground, cache_dir=DIR,
+  cache_size=SIZE, no_cache, no_readahead, memory_cache=SIZE, log_file=FILE, log_level=LEVEL,
+  pid_file=FILE, uid=UID, gid=GID, umask=MASK; the FUSE options allow_other, allow_root,
+  default_permissions (always on), auto_unmount and the flags nosuid, nodev, noexec, noatime,
+  sync; ignored like sshfs does: defaults, auto, noauto, user, users, nofail, _netdev, x-systemd.*,
+  x-gvfs-* and other x-* options. Anything else is an error.
+
+examples:
+  lindifuse mount session.lindi.tar /mnt/session
+  lindifuse mount -r https://example.org/data/file.lindi.json /mnt/remote
+  lindifuse mount session.lindi.tar /mnt/session -o ro,allow_other,cache_size=2G
+  lindifuse session.lindi.tar /mnt/session -o ro          # the form mount.fuse3 runs
+  mount -t fuse.lindifuse /data/session.lindi.tar /mnt/session -o ro
+  lindifuse mount -f session.lindi.tar /mnt/session --log-level DEBUG   # foreground, log to stderr
+
+  fstab:  /data/session.lindi.tar  /mnt/session  fuse.lindifuse  ro,allow_other,nofail  0 0"""
+
+
+def _mount_parser(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "mount",
         help="mount SOURCE at MOUNTPOINT",
         description=(
             "Mount SOURCE at MOUNTPOINT. Without -f, return once the mount answers and keep the "
             "daemon running in the background, logging to --log-file. The kind of SOURCE is "
-            "detected from its content. Remote sources, plain .lindi.json files and HDF5/NWB files "
-            "are always "
-            "mounted read-only."
+            "detected from its content. Remote sources, plain .lindi.json files and HDF5/NWB "
+            "files are always mounted read-only; a local .lindi.tar or .lindi.d is writable "
+            "unless --read-only. The daemon stops cleanly, committing pending writes, on SIGTERM "
+            "or SIGINT; SIGHUP reopens its log file."
         ),
+        epilog=MOUNT_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
@@ -80,7 +103,26 @@ def _mount_parser(sub: Any) -> None:
         action="append",
         default=[],
         metavar="OPT[,OPT...]",
-        help="FUSE mount options, e.g. allow_other (the mount is private to its owner otherwise)",
+        help="mount options, see below; e.g. allow_other (the mount is private to its owner "
+        "otherwise)",
+    )
+    p.add_argument(
+        "--uid",
+        type=_owner_id("user"),
+        metavar="UID",
+        help="show files as owned by this user (number or name; default: the daemon's user)",
+    )
+    p.add_argument(
+        "--gid",
+        type=_owner_id("group"),
+        metavar="GID",
+        help="show files as owned by this group (number or name; default: the daemon's group)",
+    )
+    p.add_argument(
+        "--umask",
+        type=_octal,
+        metavar="MASK",
+        help="octal bits to clear from the modes (default 0755/0644, read-only 0555/0444)",
     )
     p.add_argument(
         "--log-file",
@@ -148,6 +190,35 @@ def _mount_parser(sub: Any) -> None:
         "structured arrays that zarr 3 reads; see docs/semantics.md",
     )
     p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    return p
+
+
+def _owner_id(kind: str) -> Any:
+    """argparse type: a number, or a user/group name looked up in the system's database."""
+
+    def convert(text: str) -> int:
+        if text.isdigit():
+            return int(text)
+        import grp
+        import pwd
+
+        try:
+            return pwd.getpwnam(text).pw_uid if kind == "user" else grp.getgrnam(text).gr_gid
+        except KeyError:
+            raise argparse.ArgumentTypeError(f"no such {kind}: {text!r}") from None
+
+    convert.__name__ = kind
+    return convert
+
+
+def _octal(text: str) -> int:
+    try:
+        value = int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an octal mask: {text!r}") from None
+    if not 0 <= value <= 0o777:
+        raise argparse.ArgumentTypeError(f"mask out of range: {text!r}")
+    return value
 
 
 def _dandi_options(p: Any) -> None:
@@ -185,7 +256,16 @@ def build_parser() -> argparse.ArgumentParser:
         "umount",
         help="unmount and wait for the daemon to exit",
         description="Unmount MOUNTPOINT and wait until its daemon has exited "
-        "(so every pending write has been committed).",
+        "(so every pending write has been committed). A writable mount first commits "
+        "durably; if that fails, the mount stays and the exit status is 1. A busy mount (a "
+        "process has a file open or its working directory inside) is not unmounted: the "
+        "processes are named and the exit status is 1; --lazy detaches it at once and the "
+        "daemon exits when the last file is closed. Ordinary users unmount through fusermount3.",
+        epilog="examples:\n"
+        "  lindifuse umount /mnt/session\n"
+        "  lindifuse umount --lazy /mnt/session      # busy: detach now, finish later\n"
+        "  umount /mnt/session                       # root: the same through umount(8)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
     p.add_argument("-z", "--lazy", action="store_true", help="lazy unmount (detach even if busy)")
@@ -204,6 +284,11 @@ def build_parser() -> argparse.ArgumentParser:
         "external URLs or files it references. For a dandiset (dandi://DANDISET[@VERSION]"
         "[/folder] or its web URL): the version chosen, the asset count and total size, "
         "and with --check-indexes which NWB assets have a LINDI index.",
+        epilog="examples:\n"
+        "  lindifuse info session.lindi.tar\n"
+        "  lindifuse info https://example.org/data/file.lindi.json --json\n"
+        "  lindifuse info dandi://000939 --check-indexes",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("source", metavar="SOURCE")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -230,6 +315,11 @@ def build_parser() -> argparse.ArgumentParser:
         "holding an empty root group that lindi opens, or, with --from, the references of SOURCE "
         "(a local or remote lindi.json or .lindi.tar; the internal references of a remote tar "
         "become byte ranges of its URL). Mount TARGET to add data without copying SOURCE.",
+        epilog="examples:\n"
+        "  lindifuse create new.lindi.tar                 # empty root group\n"
+        "  lindifuse create notes.lindi.d                 # a folder archive\n"
+        "  lindifuse create amended.lindi.tar --from https://example.org/sub-01.nwb.lindi.tar",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("target", metavar="TARGET")
     p.add_argument("--from", dest="source", metavar="SOURCE", help="start from these references")
@@ -240,6 +330,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Verify a .lindi.tar or .lindi.d: tar headers against the index, the entry "
         "and index self-references, lindi.json, and that every internal reference lies inside "
         "its member. Exits 0 when clean, 1 with one line per problem otherwise.",
+        epilog="examples:\n"
+        "  lindifuse check session.lindi.tar\n"
+        "  lindifuse check --repair session.lindi.tar   # after a crash: fix, then re-check",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("source", metavar="ARCHIVE")
     p.add_argument("--repair", action="store_true", help="fix what can be fixed, then re-check")
@@ -249,6 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="rewrite an archive without trashed or unreferenced members",
         description="Copy IN to OUT keeping only the members lindi.json references (trashed JSON "
         "members, spares, overwritten and deleted blobs are left out).",
+        epilog="examples:\n  lindifuse compact session.lindi.tar session.compact.lindi.tar",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("src", metavar="IN")
     p.add_argument("dst", metavar="OUT")
@@ -261,6 +357,55 @@ def build_parser() -> argparse.ArgumentParser:
 
     _cache_parsers(sub)
     return parser
+
+
+def command_names(parser: argparse.ArgumentParser) -> tuple[str, ...]:
+    """The subcommands the parser knows (taken from it, so a new command is never mistaken for
+    the SOURCE of the command-less mount form)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return tuple(action.choices)
+    return ()
+
+
+def mount_option_table(parser: argparse.ArgumentParser) -> Any:
+    """The ``-o`` names of ``lindifuse mount``: one per long option (hidden ones excluded)."""
+    from .mountopts import OptionTable
+
+    mount = next(
+        a.choices["mount"] for a in parser._actions if isinstance(a, argparse._SubParsersAction)
+    )
+    long_options: dict[str, bool] = {}
+    hidden: set[str] = set()
+    for action in mount._actions:
+        for opt in action.option_strings:
+            if opt.startswith("--") and opt != "--help":
+                long_options[opt] = action.nargs != 0
+                if action.help == argparse.SUPPRESS:
+                    hidden.add(opt)
+    return OptionTable.from_long_options(long_options, frozenset(hidden))
+
+
+def normalize_argv(
+    argv: list[str], prog: str, commands: tuple[str, ...] | None = None
+) -> tuple[list[str], bool]:
+    """Turn the mount(8)/mount.fuse3 forms into ``mount ...``; returns (argv, fake).
+
+    ``mount.lindifuse SOURCE DIR [-sfnv] [-o OPTS]`` (prog named ``mount.*``, as mount(8) runs
+    helpers: ``-f`` means fake there) and ``lindifuse SOURCE DIR [-o OPTS] [-f]`` (no command,
+    as mount.fuse3 runs it; ``-f`` is foreground, like sshfs) both become ``mount SOURCE DIR``.
+    Raises mountopts.MountOptionError on a bad helper call.
+    """
+    from .mountopts import parse_helper_argv
+
+    if prog.startswith("mount."):
+        call = parse_helper_argv(argv)
+        return ["mount", *call.argv], call.fake
+    if commands is None:
+        commands = command_names(build_parser())
+    if argv and argv[0] not in commands and argv[0] not in ("-h", "--help", "--version"):
+        return ["mount", *argv], False
+    return argv, False
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -299,9 +444,24 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    if prog is None:
+        prog = os.path.basename(sys.argv[0]) if argv is None else "lindifuse"
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    fake = False
+    from .mountopts import MountOptionError, expand_argv
+
+    try:
+        argv, fake = normalize_argv(argv, prog, command_names(parser))
+        if argv[:1] == ["mount"]:
+            argv = ["mount", *expand_argv(argv[1:], mount_option_table(parser))]
+    except MountOptionError as e:
+        print(f"lindifuse: {e}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
+    if fake:  # mount -f: check the arguments, mount nothing
+        return 0
     from .errors import LindiError
 
     try:
@@ -326,6 +486,9 @@ def main(argv: list[str] | None = None) -> int:
                 lindi_url_template=args.lindi_url_template,
                 no_lindi_index=args.no_lindi_index,
                 xarray=args.xarray,
+                uid=args.uid,
+                gid=args.gid,
+                umask=args.umask,
             )
             if args.foreground:
                 return run_foreground(opts)

@@ -22,10 +22,13 @@ import pyfuse3
 
 from .content import ContentService
 from .errors import RefError
+from .logsetup import StormLog
 from .tree import Node, Tree
 from .writer import Writer
 
 log = logging.getLogger(__name__)
+# A failing source fails every read of it: one line per distinct error a minute, not per read.
+_read_errors = StormLog(log)
 
 XATTR_REF = b"user.lindi.ref"
 XATTR_PID = b"user.lindifuse.pid"
@@ -100,6 +103,20 @@ class LindiOperations(pyfuse3.Operations):
         self.prepare_dir: Callable[[Node], Awaitable[None]] | None = None
         self._next_dir_fh = 1
 
+    def set_owner(
+        self, uid: int | None = None, gid: int | None = None, umask: int | None = None
+    ) -> None:
+        """Show every file as owned by ``uid``/``gid`` and clear the ``umask`` bits from the
+        default modes (-o uid=,gid=,umask=). Who may access is still decided by the kernel
+        (default_permissions) from these attributes."""
+        if uid is not None:
+            self.uid = uid
+        if gid is not None:
+            self.gid = gid
+        if umask is not None:
+            self._dir_mode = stat.S_IFDIR | (self._dir_mode & 0o777 & ~umask)
+            self._file_mode = stat.S_IFREG | (self._file_mode & 0o777 & ~umask)
+
     # -- helpers -----------------------------------------------------------------------------
 
     def _node(self, inode: int) -> Node:
@@ -134,7 +151,7 @@ class LindiOperations(pyfuse3.Operations):
                 a.st_size = await self._file_size(node)
             except RefError as e:
                 # The file still exists: show it with size 0 so ls works; reads give EIO.
-                log.error("%s", e)
+                _read_errors.error(str(e), "%s", e)
                 a.st_size = 0
             a.st_blocks = (a.st_size + 511) // 512
         return a
@@ -150,7 +167,7 @@ class LindiOperations(pyfuse3.Operations):
             try:
                 await self.prepare_dir(node)
             except RefError as e:
-                log.error("%s", e)
+                _read_errors.error(str(e), "%s", e)
                 raise pyfuse3.FUSEError(errno.EIO) from None
 
     def _erofs(self) -> None:
@@ -236,7 +253,7 @@ class LindiOperations(pyfuse3.Operations):
             # would see an empty file instead of EIO. Fail here.
             await self.content.resolve(node)
         except RefError as e:
-            log.error("open failed: %s", e)
+            _read_errors.error(str(e), "open failed: %s", e)
             raise pyfuse3.FUSEError(errno.EIO) from None
         return pyfuse3.FileInfo(fh=inode, keep_cache=True)
 
@@ -245,7 +262,8 @@ class LindiOperations(pyfuse3.Operations):
         try:
             return await self.content.read(node, off, size)
         except RefError as e:
-            log.error("read failed: %s", e)
+            # keyed by the cause without the file's name: a dead server is one storm
+            _read_errors.error(str(e).removeprefix(f"{node.key}: "), "read failed: %s", e)
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     async def release(self, fh: int) -> None:
@@ -267,7 +285,7 @@ class LindiOperations(pyfuse3.Operations):
             try:
                 r = await self.content.resolve(node)
             except RefError as e:
-                log.error("%s", e)
+                _read_errors.error(str(e), "%s", e)
                 raise pyfuse3.FUSEError(errno.EIO) from None
             return json.dumps(r.describe()).encode()
         raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
@@ -449,7 +467,8 @@ class WritableOperations(LindiOperations):
         try:
             return await self.content.read(node, off, size)
         except RefError as e:
-            log.error("read failed: %s", e)
+            # keyed by the cause without the file's name: a dead server is one storm
+            _read_errors.error(str(e).removeprefix(f"{node.key}: "), "read failed: %s", e)
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:

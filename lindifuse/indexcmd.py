@@ -102,9 +102,20 @@ def default_output(source: str) -> str:
 
 
 def write_atomic(path: str, data: bytes) -> None:
-    """Write ``path`` whole or not at all (a temporary file renamed over it)."""
+    """Write ``path`` whole or not at all (a temporary file renamed over it). A path that
+    exists and is not a regular file (``/dev/null``, a FIFO, a terminal) is written to as it
+    is: renaming over it would replace the device with a file."""
+    import stat
     import tempfile
 
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        st = None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        with open(path, "wb") as f:
+            f.write(data)
+        return
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".lindifuse-index-", suffix=".tmp")
     try:

@@ -46,21 +46,16 @@ class MountOptions:
     lindi_url_template: str | None = None  # where a dandiset's LINDI indexes are
     no_lindi_index: bool = False  # index NWB assets from their HDF5 files only
     xarray: bool = False  # serve the xarray view (lindifuse.xview); implies read-only
+    uid: int | None = None  # -o uid=: owner shown for every file (default: the daemon's)
+    gid: int | None = None  # -o gid=
+    umask: int | None = None  # -o umask=: bits cleared from the default modes
 
 
 def setup_logging(log_file: str | None, level: str) -> None:
-    handler: logging.Handler
-    if log_file:
-        os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
-        handler = logging.FileHandler(log_file)
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    logging.getLogger("httpcore").setLevel(logging.WARNING)
+    """Log to ``log_file`` or stderr (journal-aware); see lindifuse.logsetup."""
+    from .logsetup import setup_logging as _setup
+
+    _setup(log_file, level)
 
 
 def default_log_file(mountpoint: str) -> str:
@@ -152,10 +147,34 @@ def _sd_notify(state: str) -> None:
 
 
 def _check_mountpoint(mp: str) -> None:
+    _clear_dead_mount(mp)
     if not os.path.isdir(mp):
         raise SourceError(f"{mp}: mount point is not a directory")
     if is_mounted(mp):
         raise SourceError(f"{mp}: something is already mounted there")
+
+
+def _clear_dead_mount(mp: str) -> None:
+    """Detach a dead lindifuse mount at ``mp`` (saying so on stderr), or raise SourceError
+    with the command that clears it."""
+    from .lifecycle import clear_dead_mount, fix_command, is_dead_mount, mount_type
+
+    if is_mounted(mp) and is_dead_mount(mp):
+        # A daemon was killed (SIGKILL, OOM, crash) and left "Transport endpoint is not
+        # connected" behind: detach it if it was ours, else say how.
+        kind = mount_type(mp)
+        if kind != "fuse.lindifuse":
+            raise SourceError(
+                f"{mp}: a dead FUSE mount ({kind}) is in the way; clear it with: {fix_command(mp)}"
+            )
+        err = clear_dead_mount(mp)
+        if err is not None:
+            raise SourceError(
+                f"{mp}: a dead lindifuse mount is in the way and could not be cleared ({err}); "
+                f"run: {fix_command(mp)}"
+            )
+        log.warning("%s: cleared a dead lindifuse mount left by a daemon that was killed", mp)
+        print(f"lindifuse: {mp}: cleared a dead mount left by a killed daemon", file=sys.stderr)
 
 
 async def serve(opts: MountOptions) -> int:
@@ -164,8 +183,13 @@ async def serve(opts: MountOptions) -> int:
     import trio
 
     from .daemon import build_filesystem
+    from .lifecycle import check_allow_other
 
     ready = _Ready(opts.ready_fd)
+    refusal = check_allow_other(opts.fuse_options, os.getuid())
+    if refusal is not None:
+        ready.error(f"{opts.mountpoint}: {refusal}")
+        return 1
     try:
         _check_mountpoint(opts.mountpoint)
         # Loading creates millions of long-lived objects: collecting during that is wasted work,
@@ -177,6 +201,8 @@ async def serve(opts: MountOptions) -> int:
             gc.freeze()
             gc.enable()
     except LindiError as e:
+        if opts.log_file:  # the log says why too (on stderr, the line below is enough)
+            log.error("cannot mount: %s", e)
         ready.error(str(e))
         return 1
     fuse_opts = set(pyfuse3.default_options)
@@ -188,6 +214,7 @@ async def serve(opts: MountOptions) -> int:
     }
     if fs.read_only:
         fuse_opts.add("ro")
+    fs.ops.set_owner(opts.uid, opts.gid, opts.umask)
     for o in opts.fuse_options:
         fuse_opts.update(x for x in o.split(",") if x)
     try:
@@ -211,7 +238,7 @@ async def serve(opts: MountOptions) -> int:
                 from .fetch import tune_kernel_readahead_when_up
 
                 nursery.start_soon(tune_kernel_readahead_when_up, opts.mountpoint)
-            ready.ok()
+            nursery.start_soon(_announce_ready, ready, fs, opts.mountpoint)
             await pyfuse3.main()
             nursery.cancel_scope.cancel()
     except BaseException:
@@ -219,6 +246,7 @@ async def serve(opts: MountOptions) -> int:
         status = 1
         raise
     finally:
+        _sd_notify("STOPPING=1\nSTATUS=Unmounting " + opts.mountpoint + ", committing writes")
         with trio.CancelScope(shield=True):
             try:
                 await fs.aclose()
@@ -230,12 +258,54 @@ async def serve(opts: MountOptions) -> int:
     return status
 
 
-async def _watch_signals(pyfuse3: Any) -> None:
+STATUS_INTERVAL = 30.0  # seconds between STATUS= updates under systemd
+
+
+async def _announce_ready(ready: _Ready, fs: Any, mountpoint: str) -> None:
+    """Report readiness once the mount answers, then keep systemd's STATUS= line current.
+
+    A ``listdir`` from a worker thread goes through the kernel to this very daemon, so it
+    succeeds only once pyfuse3's loop serves requests: only then do the waiting parent (``OK``)
+    and systemd (``READY=1``) hear that the mount is up.
+    """
     import trio
+
+    from .lifecycle import status_line
+
+    with trio.move_on_after(60) as scope:
+        try:
+            await trio.to_thread.run_sync(os.listdir, mountpoint, abandon_on_cancel=True)
+        except OSError as e:
+            log.warning("%s: mount does not answer yet (%s); reporting ready anyway", mountpoint, e)
+    if scope.cancelled_caught:
+        log.warning("%s: no answer after 60 s; reporting ready anyway", mountpoint)
+    ready.ok()
+    if not os.environ.get("NOTIFY_SOCKET"):
+        return
+    keys = fs.tree.nfiles
+    while True:
+        try:
+            text = status_line(fs.stats(), keys, fs.read_only)
+        except Exception as e:  # the status line must never stop the daemon
+            text = f"{keys} keys (status unavailable: {e})"
+        _sd_notify(f"STATUS=Serving {fs.container.source} at {mountpoint}: {text}")
+        await trio.sleep(STATUS_INTERVAL)
+
+
+async def _watch_signals(pyfuse3: Any) -> None:
+    """SIGTERM and SIGINT unmount (pending writes are committed on the way out); SIGHUP
+    reopens the log file, as logrotate's postrotate expects."""
+    import trio
+
+    from .logsetup import reopen_logs
 
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for sig in signals:
-            log.info("signal %d: unmounting", sig)
+            if sig == signal.SIGHUP:
+                n = reopen_logs()
+                log.info("SIGHUP: reopened %d log file(s)", n)
+                continue
+            log.info("%s: unmounting", signal.Signals(sig).name)
             pyfuse3.terminate()
             return
 
@@ -254,6 +324,11 @@ def run_foreground(opts: MountOptions) -> int:
 
 def start_background(opts: MountOptions, argv: list[str]) -> int:
     """Spawn the daemon, wait until it is ready (or failed) and the mount answers."""
+    try:
+        _clear_dead_mount(opts.mountpoint)  # here, so the message reaches the user's terminal
+    except SourceError as e:
+        print(f"lindifuse: {e}", file=sys.stderr)
+        return 1
     log_file = opts.log_file or default_log_file(opts.mountpoint)
     os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
     r, w = os.pipe()
@@ -361,14 +436,32 @@ def umount(mountpoint: str, *, lazy: bool = False, timeout: float = 120.0) -> in
         if tool
         else ["umount", *(["-l"] if lazy else []), mp]
     )
+    from .lifecycle import busy_holders, describe_holders
+
+    holders = busy_holders(mp) if lazy else []
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         err = (res.stderr or res.stdout).strip().splitlines()
+        reason = err[-1] if err else "failed"
+        if "busy" in reason.lower():
+            holders = busy_holders(mp)
+            who = describe_holders(holders) if holders else "a process (see: fuser -vm " + mp + ")"
+            print(
+                f"lindifuse: {mountpoint}: busy, still in use by {who}; close those files or "
+                f"leave the directory, or detach now with: lindifuse umount --lazy {mountpoint}",
+                file=sys.stderr,
+            )
+            return 1
+        print(f"lindifuse: {mountpoint}: cannot unmount: {reason}", file=sys.stderr)
+        return 1
+    if lazy and holders:
+        # Detached; the daemon serves the open files until they are closed, then exits.
         print(
-            f"lindifuse: {mountpoint}: cannot unmount: {err[-1] if err else 'failed'}",
+            f"lindifuse: {mountpoint}: detached; the daemon exits once these close: "
+            f"{describe_holders(holders)}",
             file=sys.stderr,
         )
-        return 1
+        return 0
     if pid is not None:
         deadline = time.monotonic() + timeout
         while _pid_alive(pid):

@@ -27,10 +27,13 @@ import trio
 from . import __version__
 from .dandi import DandiResolver
 from .errors import RefError
+from .logsetup import StormLog
 
 _R = TypeVar("_R")
 
 log = logging.getLogger(__name__)
+# One line when a host starts failing, then one summary a minute: never one per read.
+_retry_log = StormLog(log)
 
 _CONTENT_RANGE_RE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
@@ -299,7 +302,14 @@ class HttpClient:
                 raise RefError(f"{url}: {cause} (after {attempt + 1} attempts)")
             attempt += 1
             self.stats.retries += 1
-            log.warning("%s: %s, retry %d/%d", url, cause, attempt, self.retries)
+            _retry_log.warning(
+                urlsplit(url).netloc or url,
+                "%s: %s, retry %d/%d",
+                url,
+                cause,
+                attempt,
+                self.retries,
+            )
             await trio.sleep(self.backoff * (2 ** (attempt - 1)))
 
     async def _send(

@@ -170,6 +170,34 @@ def http_lindi(_http_lindi_session) -> HttpLindi:
     _http_lindi_session.server.reset()
 
 
+# -- the system install (test_install.py, test_docs.py) ------------------------------------
+
+
+@pytest.fixture(scope="session")
+def installed():
+    """``make install`` into a temporary, world-readable prefix (sysinstall.Install: .prefix,
+    .bindir, .sbindir, .unitdir, .lindifuse, .python); ``make uninstall`` afterwards, checked."""
+    import shutil
+
+    from sysinstall import Install, new_install_root
+
+    if os.geteuid() != 0:
+        pytest.skip("make install tests need root")
+    inst = Install(new_install_root())
+    try:
+        res = inst.make("install")
+        assert res.returncode == 0, f"make install failed:\n{res.stdout}\n{res.stderr}"
+        yield inst
+        res = inst.make("uninstall", timeout=120)
+        assert res.returncode == 0, res.stderr
+        assert not inst.prefix.exists(), "make uninstall left the venv"
+        assert not (inst.bindir / "lindifuse").is_symlink()
+        assert not (inst.sbindir / "mount.fuse.lindifuse").is_symlink()
+        assert not (inst.unitdir / "lindifuse@.service").exists()
+    finally:
+        shutil.rmtree(inst.root, ignore_errors=True)
+
+
 # -- the CLI and mounts ----------------------------------------------------------------
 
 

@@ -23,6 +23,15 @@ SUBCOMMANDS = {
     "compact": ["IN", "OUT"],
     "stats": ["MOUNTPOINT", "--json"],
     "cache": [],
+    "index": [
+        "SOURCE",
+        "-o",
+        "--all-chunks",
+        "--chunk-threshold",
+        "--split-size",
+        "--url",
+        "--strict",
+    ],
 }
 
 

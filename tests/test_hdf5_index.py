@@ -389,3 +389,22 @@ def test_progress_on_a_terminal_only(h5_files, run_cli, tmp_path):
     res = run_cli("index", h5_files.many_chunks, "-o", tmp_path / "b.json", "--all-chunks")
     assert res.rc == 0 and "\r" not in res.stderr and "\x1b" not in res.stderr
     assert res.stderr.count("\n") == 1  # the one summary line
+
+
+def test_output_to_a_device_writes_to_it_and_never_replaces_it(h5_files, run_cli, tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    import threading
+
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    res = run_cli("index", h5_files.features, "-o", fifo, "-q")
+    reader.join(60)
+    assert res.rc == 0, res.describe()
+    assert json.loads(got[0])["refs"][".zgroup"] == {"zarr_format": 2}
+    import stat
+
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)  # still the FIFO, not a file renamed over it
+    res = run_cli("index", h5_files.features, "-o", "/dev/null", "-q")
+    assert res.rc == 0 and stat.S_ISCHR(os.stat("/dev/null").st_mode)

@@ -336,6 +336,13 @@ def test_remote_lindi_json_over_http(mount, nwb_dir, http_server):
     assert http_server.count("full.nwb") > 0
 
 
+def test_o_xarray_is_the_same_as_the_long_option(mount, nwb_dir):
+    src = _source(nwb_dir, "lindi.tar", "full")
+    m = mount(src, None, "-o", "xarray")
+    assert "_ARRAY_DIMENSIONS" in (m.path / "acquisition/ts/data/.zattrs").read_text()
+    m.umount()
+
+
 def test_xarray_mount_is_read_only(mount, nwb_dir, tmp_path):
     """A local .lindi.tar normally mounts read-write; with --xarray it is read-only."""
     src = tmp_path / "copy.lindi.tar"
