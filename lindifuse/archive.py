@@ -533,11 +533,22 @@ class TarArchive:
         m = Member(name, o, o + len(headers), size)
         fd = self._fd
         pad = padded(size) - size
-        if isinstance(data, bytes | bytearray | memoryview):
-            _pwrite_all(fd, data, m.d)
-        else:
-            _copy_file(os.fspath(data), fd, m.d, size)
-        _pwrite_all(fd, b"\0" * pad + TRAILER, m.d + size)
+        try:
+            if isinstance(data, bytes | bytearray | memoryview):
+                _pwrite_all(fd, data, m.d)
+            else:
+                _copy_file(os.fspath(data), fd, m.d, size)
+            _pwrite_all(fd, b"\0" * pad + TRAILER, m.d + size)
+        except BaseException:
+            # (ENOSPC, EIO...) Roll back to the archive as it was: cut what was written past
+            # the old end and restore the trailer there (its blocks are already allocated, so
+            # this needs no space), so a full disk leaves no torn member behind.
+            try:
+                os.ftruncate(fd, o + len(TRAILER))
+                _pwrite_all(fd, TRAILER, o)
+            except OSError:
+                pass  # the next writable open cuts the tail off (recovery)
+            raise
         _pwrite_all(fd, headers, o)
         self.end = m.end
         return m

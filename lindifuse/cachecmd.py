@@ -110,6 +110,13 @@ def format_stats(s: dict[str, Any]) -> str:
         )
     else:
         lines.append("read-ahead:   off")
+    if h.get("offline") or f.get("stale_urls") or h.get("version_changes"):
+        lines.append(
+            f"degraded:     {'OFFLINE  ' if h.get('offline') else ''}"
+            f"{f.get('stale_served', 0)} ranges of {f.get('stale_urls', 0)} URLs served from "
+            f"the cache while the origin failed  {h.get('version_changes', 0)} responses "
+            "refused (object changed on the server)"
+        )
     if any(dandi.values()):
         lines.append(
             f"dandi:        {dandi.get('resolutions', 0)} resolutions  "
@@ -162,7 +169,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
         }
     else:
         try:
-            store = DiskCache(directory, 0)
+            store = DiskCache(directory, 0, register=False)
         except (OSError, sqlite3.Error) as e:
             print(f"lindifuse: {directory}: cannot open the cache: {e}", file=sys.stderr)
             return 1

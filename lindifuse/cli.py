@@ -153,7 +153,8 @@ def _mount_parser(sub: Any) -> argparse.ArgumentParser:
         "--cache-size",
         type=_size,
         metavar="SIZE",
-        help="bound of the persistent cache, least recently used chunks are evicted "
+        help="bound of the persistent cache, least recently used chunks are evicted; mounts "
+        "sharing a directory keep it under the smallest bound among them "
         "(default min(10G, 10%% of the free space))",
     )
     p.add_argument(
@@ -188,6 +189,43 @@ def _mount_parser(sub: Any) -> argparse.ArgumentParser:
         "where the schema says nothing), zero fill values become null, and lindi's "
         "JSON-encoded string, reference and compound arrays are served as strings or "
         "structured arrays that zarr 3 reads; see docs/semantics.md",
+    )
+    p.add_argument(
+        "--offline",
+        action="store_true",
+        help="never use the network: remote ranges (and a remote SOURCE itself) are served "
+        "from the persistent cache when an earlier mount cached them, everything else fails "
+        "at once with EIO. Without it, ranges cached earlier are also served when the server "
+        "fails (connection refused, DNS failure, timeout, 5xx after the retries); see "
+        "docs/semantics.md",
+    )
+    p.add_argument(
+        "--timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help="an attempt that makes no progress (no connection, no answer, no byte) for "
+        "SECONDS fails; failed attempts are retried (at most 4 times, with backoff or as "
+        "Retry-After asks, at most 30 s) only while SECONDS have not passed since the first "
+        "attempt. A read from a server that accepts connections and never answers fails with "
+        "EIO after about SECONDS (at most twice that); slow but steady transfers are not cut "
+        "off (default 30)",
+    )
+    p.add_argument(
+        "--allowed-hosts",
+        metavar="HOST[,HOST...]",
+        type=_hosts,
+        action="extend",
+        default=[],
+        help="only these hosts may be reached, by references, redirects and the SOURCE itself: "
+        "HOST, HOST:PORT or *.DOMAIN (its subdomains). A reference to another host fails with "
+        "EIO, so a crafted file cannot make the daemon probe your network (default: any host)",
+    )
+    p.add_argument(
+        "--no-local-refs",
+        action="store_true",
+        help="treat a local SOURCE like a remote one: its references may not read local "
+        "files outside it (only URLs and ./ members of its own .lindi.tar or .lindi.d, or "
+        "files in the folder of a plain .lindi.json). For files you did not make yourself",
     )
     p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     return p
@@ -239,6 +277,26 @@ def _size(text: str) -> int:
         return int(float(num) * units[unit])
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
+    return value
+
+
+def _hosts(text: str) -> list[str]:
+    hosts = [h.strip() for h in text.split(",") if h.strip()]
+    if not hosts:
+        raise argparse.ArgumentTypeError(f"no host in {text!r}")
+    for h in hosts:
+        if "/" in h or " " in h:
+            raise argparse.ArgumentTypeError(f"not a host or host:port: {h!r}")
+    return hosts
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -489,6 +547,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                 uid=args.uid,
                 gid=args.gid,
                 umask=args.umask,
+                offline=args.offline,
+                timeout=args.timeout,
+                allowed_hosts=args.allowed_hosts,
+                no_local_refs=args.no_local_refs,
             )
             if args.foreground:
                 return run_foreground(opts)

@@ -28,7 +28,7 @@ import trio
 from . import tarfmt
 from .errors import FormatError, RefError, SourceError
 from .refs import ReferenceSet
-from .sources import HttpClient, LocalFiles, is_url
+from .sources import HostRule, HttpClient, LocalFiles, is_url
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 HEAD_BYTES = 1536  # first tar header + the 1024-byte .tar_entry.json data
@@ -59,6 +59,10 @@ class Container:
     members: dict[str, tarfmt.Member] = field(default_factory=dict)
     total_size: int | None = None
     index: Any = None  # for kind "hdf5": the hdf5.load.Loaded that produced rset
+    # False (--no-local-refs, always for remote sources): references may read only URLs and
+    # the container's own members, as for a remote source.
+    local_refs: bool = True
+    hosts: HostRule | None = None  # --allowed-hosts (None or empty: any host)
 
     def resolve(self, target: str) -> Location:
         """Concrete location of a (template-expanded) reference target; RefError if refused."""
@@ -74,11 +78,22 @@ class Container:
             if self.remote:
                 return Location(urljoin(self.source, name), True)
             folder = self.source if self.kind == "dir" else os.path.dirname(self.source)
-            return Location(os.path.join(folder, name), False)
+            path = os.path.join(folder, name)
+            if self.kind == "dir" or not self.local_refs:
+                # A symlink may not lead a member out of its .lindi.d (nor, for an untrusted
+                # plain lindi.json, out of its folder).
+                real, top = os.path.realpath(path), os.path.realpath(folder)
+                if real != top and not real.startswith(top.rstrip("/") + "/"):
+                    raise RefError(f"reference {target!r} leads outside {folder} (symlink)")
+            return Location(path, False)
         if is_url(target):
+            if self.hosts is not None and not self.hosts.allows(target):
+                raise RefError(f"reference {target!r}: host not in --allowed-hosts")
             return Location(target, True)
         if self.remote:
             raise RefError(f"reference {target!r}: a remote source may not read local files")
+        if not self.local_refs:
+            raise RefError(f"reference {target!r}: --no-local-refs: local files may not be read")
         path = target[7:] if target.startswith("file://") else target
         if not os.path.isabs(path):
             folder = self.source if self.kind == "dir" else os.path.dirname(self.source)
@@ -250,17 +265,23 @@ async def open_container(
     local: LocalFiles,
     fetch: Any = None,
     hdf5: HDF5Settings | None = None,
+    head_of: Any = None,
 ) -> Container:
     """Load SOURCE; raise SourceError/FormatError with a one-line message on any problem.
     ``fetch(url, offset, size)``, when given, reads the remote index and lindi.json (cached),
-    and an HDF5 file's metadata."""
+    and an HDF5 file's metadata; ``head_of(url, size) -> (bytes, total)``, when given, reads
+    the first bytes of a remote SOURCE (the daemon's fetcher keeps them in the persistent cache,
+    so that a source mounted once mounts again while its server fails, or with --offline)."""
     reader = Reader(http, local, fetch)
     if is_url(source):
         # an HDF5 file by its name: ask for the indexer's whole first window at once, so that
         # sniffing and h5py's first reads cost one request
         head_size = HDF5_HEAD_BYTES if looks_hdf5(source.split("?")[0]) else HEAD_BYTES
         try:
-            head, total = await http.get_head(source, head_size)
+            if head_of is not None:
+                head, total = await head_of(source, head_size)
+            else:
+                head, total = await http.get_head(source, head_size)
         except RefError as e:
             raise SourceError(str(e)) from None
         if total is not None:
@@ -279,9 +300,12 @@ async def open_container(
             rset, members, jsize = await _load_tar(reader, source, head, total, True)
         elif kind == "json":
             try:
-                raw = (
-                    head if total is not None and len(head) >= total else await http.get_all(source)
-                )
+                if total is not None and len(head) >= total:
+                    raw = head
+                elif total is not None and fetch is not None:
+                    raw = await fetch(source, 0, total)  # kept in the persistent cache
+                else:
+                    raw = await http.get_all(source)
             except RefError as e:
                 raise SourceError(str(e)) from None
             rset, jsize = await _rset_from_bytes(raw, source), len(raw)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -92,6 +93,7 @@ class ContentService:
         self.readahead: ReadAhead | None = None  # set by the daemon unless --no-readahead
         self._get_value = get_value or container.rset.refs.__getitem__
         self._sizes: dict[str, int] = {}  # sizes of whole-target references
+        self._local_sizes: dict[str, int] = {}  # checked sizes of local targets
 
     async def resolve(self, node: Node) -> Resolved:
         cached = node.extra
@@ -166,7 +168,34 @@ class ContentService:
                 f"{node.key}: range {ref.offset}+{size} runs past the end of {target} "
                 f"({loc.limit} bytes)"
             )
+        if not loc.remote and loc.limit is None:
+            try:
+                self._check_local(loc.where, ref.offset + size)
+            except RefError as e:
+                raise RefError(f"{node.key}: {e}") from None
         return Resolved(None, loc, loc.base + ref.offset, size, await self._padded(node, size))
+
+    def _check_local(self, path: str, end: int) -> None:
+        """A local target must be a regular file holding at least ``end`` bytes: otherwise the
+        file would claim a size it cannot deliver (or, for a FIFO, block its reader), so
+        ``open`` fails instead (EIO). Sizes are remembered per path; a file that seems too
+        short is looked at again (it may have grown since)."""
+        known = self._local_sizes.get(path)
+        if known is not None and end <= known:
+            return
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            raise RefError(f"{path}: {e.strerror}") from None
+        if stat.S_ISDIR(st.st_mode):
+            raise RefError(f"{path}: is a directory")
+        if not stat.S_ISREG(st.st_mode):
+            raise RefError(f"{path}: not a regular file")
+        self._local_sizes[path] = st.st_size
+        if end > st.st_size:
+            raise RefError(
+                f"{path}: range ending at {end} runs past the end of the file (size {st.st_size})"
+            )
 
     async def _whole_size(self, loc: Location) -> int:
         if loc.limit is not None:
@@ -174,12 +203,16 @@ class ContentService:
         size = self._sizes.get(loc.where)
         if size is None:
             if loc.remote:
-                size = await self.http.content_length(loc.where)
+                size = await self.fetcher.size_of(loc.where)
             else:
                 try:
-                    size = os.stat(loc.where).st_size
+                    st = os.stat(loc.where)
                 except OSError as e:
                     raise RefError(f"{loc.where}: {e.strerror}") from None
+                if not stat.S_ISREG(st.st_mode):
+                    what = "is a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+                    raise RefError(f"{loc.where}: {what}")
+                size = st.st_size
             self._sizes[loc.where] = size
         return size
 

@@ -28,7 +28,7 @@ from .fetch import Fetcher, ReadAhead
 from .fs import LindiOperations, WritableOperations
 from .h5link import chunk_refs, find_link
 from .refs import expand_templates
-from .sources import HttpClient, LocalFiles, is_url
+from .sources import DEFAULT_TIMEOUT, HostRule, HttpClient, LocalFiles, is_url
 from .tree import Node, Tree
 from .writer import Writer
 
@@ -219,6 +219,11 @@ class FileSystem:
                 "retries": h.retries,
                 "errors": h.errors,
                 "full_body_fallbacks": h.full_body_fallbacks,
+                "version_changes": h.version_changes,
+                "retry_after_waits": h.retry_after,
+                "refused_hosts": h.refused_hosts,
+                "offline": self.http.offline,
+                "timeout": self.http.timeout,
                 "latency_ms": {"p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99)},
             },
             "memory_cache": {
@@ -234,6 +239,8 @@ class FileSystem:
                 "flushes": self.writer.flushes,
                 "staged_files": len(self.writer.staged),
                 "pending_refs": self.writer.refs_dirty,
+                "refused_writes": self.writer.refused_writes,
+                "full_commits": self.writer.full_commits,
             },
         }
 
@@ -340,6 +347,14 @@ def hdf5_settings(opts: Any, progress: Any = None) -> HDF5Settings:
     return HDF5Settings(cache=cache, progress=progress)
 
 
+def _restrict(container: Container, opts: Any, http: HttpClient) -> None:
+    """Apply --no-local-refs and --allowed-hosts to the references of ``container``."""
+    if getattr(opts, "no_local_refs", False) or container.remote:
+        container.local_refs = False
+    if http.hosts:
+        container.hosts = http.hosts
+
+
 async def build_filesystem(opts: Any, progress: Any = None) -> FileSystem:
     """The file system for ``opts``; ``progress(objects, chunks)`` reports the indexing of an
     HDF5 source (from a worker thread)."""
@@ -349,7 +364,11 @@ async def build_filesystem(opts: Any, progress: Any = None) -> FileSystem:
         from .dandimount import build_dandiset_filesystem
 
         return await build_dandiset_filesystem(opts)
-    http = HttpClient()
+    http = HttpClient(
+        timeout=getattr(opts, "timeout", None) or DEFAULT_TIMEOUT,
+        offline=getattr(opts, "offline", False),
+        allowed_hosts=HostRule(getattr(opts, "allowed_hosts", None) or ()),
+    )
     local = LocalFiles()
     cache = MemoryCache(opts.memory_cache)
     disk = await open_disk_cache(opts)
@@ -366,14 +385,21 @@ async def build_filesystem(opts: Any, progress: Any = None) -> FileSystem:
             for line in archive.recovered:
                 log.warning("%s: recovered: %s", opts.source, line)
             container = container_from_archive(archive, kind)
+            _restrict(container, opts, http)
             return FileSystem(
                 container, http, local, cache, read_only=False, archive=archive, **extra
             )
         container = await open_container(
-            opts.source, http, local, fetch=fetcher.get, hdf5=hdf5_settings(opts, progress)
+            opts.source,
+            http,
+            local,
+            fetch=fetcher.get,
+            head_of=fetcher.head,
+            hdf5=hdf5_settings(opts, progress),
         )
         if container.index is not None:
             _log_index(container)
+        _restrict(container, opts, http)
     except BaseException:
         if disk is not None:
             await disk.aclose()

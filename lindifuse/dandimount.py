@@ -406,7 +406,13 @@ async def build_dandiset_filesystem(opts: Any) -> Any:
     if not getattr(opts, "no_lindi_index", False):
         template = getattr(opts, "lindi_url_template", None) or DEFAULT_LINDI_TEMPLATE
         index_url(template, target.dandiset, "draft", "0")  # a bad template fails now
-    http = HttpClient()
+    from .sources import DEFAULT_TIMEOUT, HostRule
+
+    http = HttpClient(
+        timeout=getattr(opts, "timeout", None) or DEFAULT_TIMEOUT,
+        offline=getattr(opts, "offline", False),
+        allowed_hosts=HostRule(getattr(opts, "allowed_hosts", None) or ()),
+    )
     host = api_host(api)
     if host not in http.dandi.hosts:
         http.dandi.hosts = (*http.dandi.hosts, host)

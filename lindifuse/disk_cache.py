@@ -25,8 +25,16 @@ Rules that make it safe:
   row is committed, and each writer's file names are unique, so two processes writing the same
   key never write into one file; a file is unlinked only after the row naming it is gone.
 - The index row ``meta.total`` (kept by triggers) is the sum of entry sizes; whoever inserts
-  evicts the least recently used entries (``atime``, updated in batches) down to 90% of its
-  ``max_bytes`` in the same transaction.
+  evicts the least recently used entries (``atime``, updated in batches) down to 90% of the
+  *smallest* ``max_bytes`` among the processes using the directory, in the same transaction:
+  each one registers its bound in the ``limits`` table while it has the directory open (rows of
+  processes that died without closing are ignored: their PID is gone on this host, or, from
+  another host, they were not refreshed for LIMIT_STALE seconds), so mounts sharing a
+  directory keep it under the smallest ``--cache-size`` among them.
+- The ``versions`` table remembers, per URL, the validator (and total size) the origin last
+  reported. It is what makes stale-if-error and ``--offline`` possible: when the origin cannot
+  be asked, entries stored under that validator are the ones "validated earlier" and may be
+  served; entries of older versions never are.
 - A damaged index (SQLite reports the database malformed) turns the cache off for this process
   with one log line; mounts keep working, from the network.
 
@@ -37,12 +45,14 @@ writer thread that commits queued entries in batches (one transaction for many s
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import logging
 import os
 import queue
 import secrets
 import shutil
+import socket
 import sqlite3
 import threading
 import time
@@ -62,6 +72,7 @@ EVICT_TO = 0.9  # evict down to this fraction of max_bytes
 ATIME_FLUSH_SECONDS = 2.0
 WRITE_BEHIND_QUIET = 0.1  # seconds without new entries before queued ones are written
 ORPHAN_AGE = 3600.0  # content files with no row and older than this are deleted on open
+LIMIT_STALE = 24 * 3600.0  # a bound registered from another host counts this long after a write
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -76,6 +87,19 @@ CREATE TABLE IF NOT EXISTS entries (
 CREATE INDEX IF NOT EXISTS entries_atime ON entries(atime);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta VALUES ('total', 0);
+CREATE TABLE IF NOT EXISTS versions (
+    url TEXT PRIMARY KEY,
+    validator TEXT NOT NULL,
+    size INTEGER,
+    time REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS limits (
+    id TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    max_bytes INTEGER NOT NULL,
+    time REAL NOT NULL
+);
 CREATE TRIGGER IF NOT EXISTS entries_add AFTER INSERT ON entries BEGIN
     UPDATE meta SET value = value + NEW.size WHERE name = 'total';
 END;
@@ -83,6 +107,23 @@ CREATE TRIGGER IF NOT EXISTS entries_del AFTER DELETE ON entries BEGIN
     UPDATE meta SET value = value - OLD.size WHERE name = 'total';
 END;
 """
+
+
+def _is_full(e: BaseException) -> bool:
+    """ENOSPC/EDQUOT, or SQLite's "database or disk is full"."""
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(e, sqlite3.OperationalError) and "full" in str(e).lower()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def default_cache_dir() -> str:
@@ -121,12 +162,17 @@ class DiskStats:
     evictions: int = 0
     errors: int = 0
     dropped_writes: int = 0
+    full: int = 0  # writes that failed because the cache's file system is full
 
 
 class DiskCache:
     """The blocking store. Thread-safe; safe with other processes on the same directory."""
 
-    def __init__(self, directory: str, max_bytes: int, *, inline_max: int = INLINE_MAX) -> None:
+    def __init__(
+        self, directory: str, max_bytes: int, *, inline_max: int = INLINE_MAX, register: bool = True
+    ) -> None:
+        """Open (creating) the store. ``register``: take part in the shared bound (a mount);
+        administration commands (``lindifuse cache``) open it without a bound of their own."""
         self.directory = os.path.abspath(directory)
         self.root = os.path.join(self.directory, FORMAT_DIR)
         self.data_dir = os.path.join(self.root, "data")
@@ -134,6 +180,7 @@ class DiskCache:
         self.inline_max = inline_max
         self.stats = DiskStats()
         self.broken: str | None = None
+        self._full_logged = False
         os.makedirs(self.data_dir, exist_ok=True)
         self._lock = threading.Lock()  # guards the read connection and the atime batch
         self._touched: dict[str, float] = {}
@@ -141,8 +188,14 @@ class DiskCache:
         self._read_db = self._connect()
         self._write_db = self._connect()
         self._write_lock = threading.Lock()
+        self._limit_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         with self._write_lock:
             self._write_db.executescript(_SCHEMA)
+            if register:
+                self._write_db.execute(
+                    "INSERT OR REPLACE INTO limits VALUES (?, ?, ?, ?, ?)",
+                    (self._limit_id, socket.gethostname(), os.getpid(), max_bytes, time.time()),
+                )
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(
@@ -161,6 +214,17 @@ class DiskCache:
             if self.broken is None:
                 self.broken = str(e)
                 log.error("disk cache %s is damaged (%s): disabled for this mount", self.root, e)
+        elif _is_full(e):
+            # A full cache file system: reads go on from the network; say so once.
+            self.stats.full += 1
+            if not self._full_logged:
+                self._full_logged = True
+                log.warning(
+                    "disk cache %s: %s: chunks are not stored (reads go on from the network; "
+                    "logged once)",
+                    self.root,
+                    e,
+                )
         else:
             log.warning("disk cache %s: %s", self.root, e)
 
@@ -198,6 +262,37 @@ class DiskCache:
         with self._lock:
             self._touched[key] = time.time()
         return bytes(data)
+
+    def note_version(self, url: str, validator: str, size: int | None) -> None:
+        """Record that the origin reported ``validator`` (and total ``size``, when known) for
+        ``url``: the version whose entries may be served when the origin cannot be asked."""
+        if self.broken:
+            return
+        try:
+            with self._write_lock:
+                self._write_db.execute(
+                    "INSERT INTO versions VALUES (?, ?, ?, ?) ON CONFLICT(url) DO UPDATE SET "
+                    "size = CASE WHEN excluded.validator = versions.validator "
+                    "THEN coalesce(excluded.size, versions.size) ELSE excluded.size END, "
+                    "validator = excluded.validator, time = excluded.time",
+                    (url, validator, size, time.time()),
+                )
+        except sqlite3.Error as e:
+            self._fail(e)
+
+    def last_version(self, url: str) -> tuple[str, int | None] | None:
+        """(validator, size or None) last recorded for ``url``, or None."""
+        if self.broken:
+            return None
+        try:
+            with self._lock:
+                row = self._read_db.execute(
+                    "SELECT validator, size FROM versions WHERE url = ?", (url,)
+                ).fetchone()
+        except sqlite3.Error as e:
+            self._fail(e)
+            return None
+        return (row[0], row[1]) if row else None
 
     def get_many(self, keys: Iterable[str]) -> dict[str, bytes]:
         out = {}
@@ -283,9 +378,14 @@ class DiskCache:
         except FileNotFoundError:
             os.makedirs(folder, exist_ok=True)
             f = open(tmp, "wb")  # noqa: SIM115
-        with f:
-            f.write(data)
-        os.rename(tmp, os.path.join(folder, fname))
+        try:
+            with f:
+                f.write(data)
+            os.rename(tmp, os.path.join(folder, fname))
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)  # a full disk: leave no partial file behind
+            raise
 
     def _flush_touched(self, db: sqlite3.Connection) -> None:
         with self._lock:
@@ -314,13 +414,32 @@ class DiskCache:
         except sqlite3.Error as e:
             self._fail(e)
 
+    def effective_max(self, db: sqlite3.Connection | None = None) -> int:
+        """The bound that applies now: the smallest ``max_bytes`` of the live processes using
+        the directory (this one included)."""
+        db = db if db is not None else self._read_db
+        host, now = socket.gethostname(), time.time()
+        limit = self.max_bytes
+        try:
+            rows = db.execute("SELECT host, pid, max_bytes, time FROM limits").fetchall()
+        except sqlite3.Error:
+            return limit
+        for h, pid, mx, t in rows:
+            live = _pid_alive(pid) if h == host else now - t < LIMIT_STALE
+            if live and mx < limit:
+                limit = mx
+        return limit
+
     def _evict(self, db: sqlite3.Connection) -> list[str]:
-        """Delete least recently used rows until the total is at most EVICT_TO * max_bytes;
-        returns the content files to unlink once committed."""
+        """Delete least recently used rows until the total is at most EVICT_TO times the
+        effective bound (the smallest among the live users of the directory); returns the
+        content files to unlink once committed."""
         total = db.execute("SELECT value FROM meta WHERE name = 'total'").fetchone()[0]
-        if total <= self.max_bytes:
+        limit = self.effective_max(db)  # one small SELECT per batch of inserts
+        if total <= limit:
             return []
-        target = int(self.max_bytes * EVICT_TO)
+        db.execute("UPDATE limits SET time = ? WHERE id = ?", (time.time(), self._limit_id))
+        target = int(limit * EVICT_TO)
         files = []
         while total > target:
             victims = db.execute(
@@ -367,6 +486,7 @@ class DiskCache:
             try:
                 n, nbytes = db.execute("SELECT count(*), total(size) FROM entries").fetchone()
                 db.execute("DELETE FROM entries")
+                db.execute("DELETE FROM versions")
                 db.execute("UPDATE meta SET value = 0 WHERE name = 'total'")
                 db.execute("COMMIT")
             except BaseException:
@@ -405,6 +525,8 @@ class DiskCache:
 
     def close(self) -> None:
         self.flush_touched(force=True)
+        with contextlib.suppress(sqlite3.Error), self._write_lock:
+            self._write_db.execute("DELETE FROM limits WHERE id = ?", (self._limit_id,))
         with self._lock, self._write_lock:
             for db in (self._read_db, self._write_db):
                 with contextlib.suppress(sqlite3.Error):
@@ -423,6 +545,9 @@ def _batches(items: list[tuple[str, str, bytes]]) -> Iterator[list[tuple[str, st
             part, nbytes = [], 0
     if part:
         yield part
+
+
+_WAKE = ("", "", b"")  # queued to wake the writer thread for queued versions
 
 
 class AsyncDiskCache:
@@ -444,6 +569,7 @@ class AsyncDiskCache:
         self._pending_bytes = 0
         self._cond = threading.Condition()
         self._queue: queue.Queue[tuple[str, str, bytes] | None] = queue.Queue()
+        self._versions: list[tuple[str, str, int | None]] = []  # queued note_version calls
         self._thread = threading.Thread(
             target=self._writer, name="lindifuse-disk-cache", daemon=True
         )
@@ -462,6 +588,18 @@ class AsyncDiskCache:
         if rest:
             out.update(await trio.to_thread.run_sync(self.store.get_many, rest))
         return out
+
+    async def note_version(self, url: str, validator: str, size: int | None) -> None:
+        """Record a URL's version, written behind by the writer thread (a read never waits for
+        another process's write transaction); committed at the latest by ``aclose``."""
+        if self._closed or self.store.broken:
+            return
+        with self._cond:
+            self._versions.append((url, validator, size))
+        self._queue.put(_WAKE)
+
+    async def last_version(self, url: str) -> tuple[str, int | None] | None:
+        return await trio.to_thread.run_sync(self.store.last_version, url)
 
     async def put(self, key: str, url: str, data: bytes) -> None:
         if self._closed or self.store.broken:
@@ -512,6 +650,14 @@ class AsyncDiskCache:
                     stop = True
                     break
                 batch.append(nxt)
+            with self._cond:
+                versions, self._versions = self._versions, []
+            for url, validator, size in versions:
+                try:
+                    self.store.note_version(url, validator, size)
+                except Exception:
+                    log.exception("disk cache: recording the version of %s failed", url)
+            batch = [it for it in batch if it is not _WAKE]
             for part in _batches(batch):
                 try:
                     self.store.put_many(part)

@@ -17,6 +17,15 @@ references point into the same URL are fetched in the background as one merged r
 into memory (and disk) cache entries. Chunks already on disk are loaded into memory with one
 worker-thread call for the whole window. Read-ahead is bounded (bytes per window, windows in
 flight) and cancelled at unmount.
+
+**Degraded and offline serving (stale-if-error).** The persistent cache records, per URL, the
+validator the origin last reported. When the origin cannot be asked for the current one (the
+version probe fails with connection refused, DNS failure, timeout, or 5xx/429 after the retries;
+or ``--offline``), that recorded version is pinned for the mount and the ranges cached under it
+are served; a range not cached fails (EIO) with the origin's error. One log line per URL, and
+the ``stale_served``/``stale_urls`` counters, say so. Once a request to the origin succeeds
+again, its responses are checked against the pinned version like any other (a replaced object
+is never mixed with the cached one: see ``HttpClient._note``).
 """
 
 from __future__ import annotations
@@ -32,9 +41,9 @@ import trio
 
 from .cache import MemoryCache
 from .disk_cache import AsyncDiskCache, make_key
-from .errors import RefError
+from .errors import OriginError, RefError
 from .refs import is_chunk_name
-from .sources import HttpClient
+from .sources import HttpClient, pin_validator
 
 if TYPE_CHECKING:
     from .content import ContentService, Resolved
@@ -103,6 +112,8 @@ class FetchStats:
     readahead_bytes: int = 0
     readahead_cancelled: int = 0
     readahead_errors: int = 0
+    stale_served: int = 0  # ranges served from disk while the origin failed (or --offline)
+    stale_urls: int = 0  # URLs served that way (one log line each)
 
 
 class _Waiter:
@@ -148,6 +159,8 @@ class Fetcher:
         self._nursery: trio.Nursery | None = None
         self._ra_active = 0
         self.readahead_active = readahead_active
+        self._noted: dict[str, str] = {}  # URL -> validator recorded in the disk cache
+        self._stale: dict[str, str] = {}  # URL -> why its cached bytes are served unconfirmed
 
     # -- background tasks ------------------------------------------------------------------
 
@@ -187,19 +200,118 @@ class Fetcher:
         """``size`` bytes at ``offset`` of ``url``: memory, then disk, then the network."""
         return await self.memory.get((url, offset, size), lambda: self._load(url, offset, size))
 
-    async def _disk_validator(self, url: str) -> str | None:
+    async def _version(self, url: str) -> str | None:
+        """The validator under which disk entries of ``url`` are looked up: the origin's
+        (probed once per mount, and recorded in the disk cache), or, when the origin cannot be
+        asked, the one recorded earlier (see ``_stale_version``). None: no disk cache, or the
+        object has no validator. OriginError when the origin fails and nothing is recorded."""
         if self.disk is None or self.disk.store.broken:
             return None
-        return await self.http.validator(url)
+        try:
+            v = await self.http.validator(url)
+        except OriginError as e:
+            return await self._stale_version(url, e)
+        if v is not None and self._noted.get(url) != v:
+            self._noted[url] = v
+            await self.disk.note_version(url, v, self.http.sizes.get(url))
+        return v
+
+    async def _stale_version(self, url: str, err: OriginError) -> str:
+        """The origin failed with ``err``: pin the version recorded in the disk cache for this
+        mount (so later responses must match it) and return it; re-raise ``err`` if none."""
+        got = await self.disk.last_version(url) if self.disk is not None else None
+        if got is None:
+            if self.http.offline:
+                raise OriginError(f"{url}: not in the persistent cache (--offline)") from None
+            raise err
+        v, size = got
+        pin_validator(self.http, url, v)
+        if size is not None:
+            self.http.sizes.setdefault(url, size)
+        self._noted[url] = v
+        if url not in self._stale:
+            self._stale[url] = str(err)
+            self.stats.stale_urls += 1
+            if self.http.offline:
+                log.info("%s: offline: serving the ranges cached for version %s", url, v)
+            else:
+                log.warning(
+                    "%s: origin unavailable (%s): serving the ranges cached for version %s "
+                    "(stale-if-error); ranges not cached fail until it answers",
+                    url,
+                    err,
+                    v,
+                )
+        return self.http.validators.get(url) or v
+
+    def _confirmed(self, url: str) -> None:
+        """A request to the origin of ``url`` succeeded (with the pinned version)."""
+        if self._stale.pop(url, None) is not None:
+            log.warning("%s: origin answers again", url)
 
     async def _load(self, url: str, offset: int, size: int) -> bytes:
-        validator = await self._disk_validator(url)
+        validator = await self._version(url)
         if validator is not None:
             assert self.disk is not None
             data = await self.disk.get(make_key(url, validator, offset, size))
             if data is not None:
+                if url in self._stale:
+                    self.stats.stale_served += 1
                 return data
-        return await self._batched(url, offset, size)
+        try:
+            return await self._batched(url, offset, size)
+        except OriginError:
+            if self.http.offline:
+                raise OriginError(
+                    f"{url}: bytes {offset}+{size} are not in the persistent cache (--offline)"
+                ) from None
+            raise
+
+    async def size_of(self, url: str) -> int:
+        """Total size of ``url`` (for ``[url]`` references): from the origin, else, when it
+        cannot be asked, as recorded in the persistent cache with the version served."""
+        try:
+            return await self.http.content_length(url)
+        except OriginError as e:
+            if self.disk is None or self.disk.store.broken:
+                raise
+            await self._stale_version(url, e)
+            size = self.http.sizes.get(url)
+            if size is None:
+                raise
+            return size
+
+    async def head(self, url: str, size: int) -> tuple[bytes, int | None]:
+        """The first ``size`` bytes of ``url`` (fewer if shorter) and its total size, to load a
+        remote source. From the origin, then kept in the persistent cache with the object's
+        version, so that the source mounts again when the origin fails or with --offline
+        (its index and lindi.json are cached by ``get`` like any range)."""
+        try:
+            head, total = await self.http.get_head(url, size)
+        except OriginError as e:
+            return await self._stale_head(url, size, e)
+        v = self.http.validators.get(url)
+        if self.disk is not None and not self.disk.store.broken and v is not None and total:
+            self._noted[url] = v
+            await self.disk.note_version(url, v, total)
+            await self.disk.put(make_key(url, v, 0, len(head)), url, head)
+        return head, total
+
+    async def _stale_head(self, url: str, size: int, err: OriginError) -> tuple[bytes, int]:
+        got = await self.disk.last_version(url) if self.disk is not None else None
+        if got is None or not got[1]:
+            if self.http.offline:
+                raise OriginError(f"{url}: not in the persistent cache (--offline)") from None
+            raise err
+        v, total = got
+        data = await self.disk.get(make_key(url, v, 0, min(size, total)))  # type: ignore[union-attr]
+        if data is None:
+            if self.http.offline:
+                raise OriginError(f"{url}: not in the persistent cache (--offline)") from None
+            raise err
+        await self._stale_version(url, err)
+        self.stats.stale_served += 1
+        return data, total
 
     async def _batched(self, url: str, offset: int, size: int) -> bytes:
         while True:
@@ -252,6 +364,7 @@ class Fetcher:
                 for rng in span.ranges:
                     deliver(rng, None, e)
                 return
+            self._confirmed(url)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug(
                     "fetched %s bytes %d+%d (%d ranges) in %.3f s",
@@ -308,7 +421,10 @@ class Fetcher:
             return
         s = self.stats
         try:
-            validator = await self._disk_validator(url)
+            try:
+                validator = await self._version(url)
+            except OriginError:
+                return  # the origin fails and nothing is cached: readers get the error
             if validator is not None:
                 assert self.disk is not None
                 keys = {make_key(url, validator, *rng): rng for rng in flights}
@@ -317,7 +433,9 @@ class Fetcher:
                     rng = keys[k]
                     self.memory.finish((url, *rng), flights.pop(rng), data)
                     s.readahead_disk_chunks += 1
-            if not flights:
+                    if url in self._stale:
+                        s.stale_served += 1
+            if not flights or self.http.offline:
                 return
             spans = plan_merges(flights, self.merge_gap, self.merge_max)
             s.readahead_requests += len(spans)

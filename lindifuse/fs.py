@@ -20,9 +20,10 @@ from typing import Any
 
 import pyfuse3
 
-from .content import ContentService
+from .content import ContentService, Resolved
 from .errors import RefError
 from .logsetup import StormLog
+from .space import is_no_space
 from .tree import Node, Tree
 from .writer import Writer
 
@@ -98,7 +99,7 @@ class LindiOperations(pyfuse3.Operations):
         self.uid = os.getuid()
         self.gid = os.getgid()
         self._stats = stats
-        self._dir_handles: dict[int, list[Node]] = {}
+        self._dir_handles: dict[int, list[tuple[str, Node]]] = {}
         # Called before a directory is looked into (lists external-link chunks on first use).
         self.prepare_dir: Callable[[Node], Awaitable[None]] | None = None
         self._next_dir_fh = 1
@@ -141,7 +142,7 @@ class LindiOperations(pyfuse3.Operations):
         a.st_ino = node.inode
         if node.children is not None:
             a.st_mode = self._dir_mode
-            a.st_nlink = 2
+            a.st_nlink = self.tree.nlink(node)
             a.st_size = 0
             a.st_blocks = 0
         else:
@@ -207,17 +208,22 @@ class LindiOperations(pyfuse3.Operations):
         await self._prepare(node)
         fh = self._next_dir_fh
         self._next_dir_fh += 1
-        # Snapshot the listing so offsets stay stable while the directory is read.
-        self._dir_handles[fh] = sorted(node.children.values(), key=lambda n: n.name)
+        # Snapshot the listing so offsets stay stable while the directory is read; "." and
+        # ".." first, as on a local file system.
+        self._dir_handles[fh] = [
+            (".", node),
+            ("..", node.parent or node),
+            *((n.name, n) for n in sorted(node.children.values(), key=lambda n: n.name)),
+        ]
         return fh
 
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
         entries = self._dir_handles.get(fh, [])
         a = self._new_attrs()  # readdir_reply copies it: one object serves the whole listing
         for i in range(start_id, len(entries)):
-            node = entries[i]
+            name, node = entries[i]
             if not pyfuse3.readdir_reply(
-                token, os.fsencode(node.name), await self._fill(a, node), i + 1
+                token, os.fsencode(name), await self._fill(a, node), i + 1
             ):
                 break
 
@@ -369,6 +375,7 @@ class WritableOperations(LindiOperations):
         self.writer = writer
         self.statvfs_path = statvfs_path
         self._handles: dict[int, Node] = {}
+        self._ghosts: dict[int, Node] = {}  # detached files the kernel may still reference
         self._next_fh = 1
 
     def _new_handle(self, node: Node) -> int:
@@ -387,19 +394,32 @@ class WritableOperations(LindiOperations):
         node = self.tree.get(inode)
         if node is not None:
             return node
-        # Unlinked (or renamed over) while open: like a local file, it lives until the last close.
+        # Unlinked (or renamed over) after the kernel looked it up: like a local file, it lives
+        # until the kernel forgets it (a reader's open that raced with a rename-over must not
+        # fail with ENOENT) and while it is open.
+        node = self._ghosts.get(inode)
+        if node is not None:
+            return node
         for n in self._handles.values():
             if n.inode == inode:
                 return n
         raise pyfuse3.FUSEError(errno.ENOENT)
 
+    async def forget(self, inode_list: Any) -> None:
+        for inode, _nlookup in inode_list:
+            self._ghosts.pop(inode, None)
+
     async def _detach(self, node: Node) -> None:
-        """Remove file ``node`` from the namespace; an open, unstaged one keeps its content."""
-        if self.writer.size(node) is None and any(n is node for n in self._handles.values()):
+        """Remove file ``node`` from the namespace; it keeps its (committed) content for the
+        kernel's references to it until they are forgotten, and for open files."""
+        if self.writer.size(node) is None and not isinstance(node.extra, Resolved):
             with contextlib.suppress(RefError):
                 await self.content.resolve(node)  # pins the reference in the node
+        if self.tree.get(node.inode) is not node:
+            return  # detached by another request meanwhile
         self.tree.remove(node)
         self.writer.removed(node)
+        self._ghosts[node.inode] = node
 
     async def _file_size(self, node: Node) -> int:
         size = self.writer.size(node)
@@ -442,6 +462,12 @@ class WritableOperations(LindiOperations):
             except RefError as e:
                 log.error("cannot open %s for writing: %s", node.key, e)
                 raise pyfuse3.FUSEError(errno.EIO) from None
+        elif self.writer.size(node) is None:
+            try:
+                await self.content.resolve(node)  # a bad reference fails here, as read-only
+            except RefError as e:
+                log.error("open failed: %s", e)
+                raise pyfuse3.FUSEError(errno.EIO) from None
         self.writer.opened(node)
         return pyfuse3.FileInfo(fh=self._new_handle(node), keep_cache=False)
 
@@ -478,6 +504,11 @@ class WritableOperations(LindiOperations):
         except RefError as e:
             log.error("write failed: %s", e)
             raise pyfuse3.FUSEError(errno.EIO) from None
+        except OSError as e:
+            if is_no_space(e):
+                raise pyfuse3.FUSEError(e.errno) from None  # logged once by the writer
+            log.error("write of %s failed: %s", node.key, e)
+            raise pyfuse3.FUSEError(errno.EIO) from None
 
     # No flush(): pyfuse3's default answers ENOSYS, after which the kernel stops sending one on
     # every close(2). Content is committed on rename, fsync, the timer and unmount instead.
@@ -488,10 +519,14 @@ class WritableOperations(LindiOperations):
             await self.writer.fsync(node)
         except OSError as e:
             log.error("fsync of %s failed: %s", node.key, e)
-            raise pyfuse3.FUSEError(errno.EIO) from None
+            raise pyfuse3.FUSEError(e.errno if is_no_space(e) else errno.EIO) from None
 
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
-        await self.writer.flush(durable=True)
+        try:
+            await self.writer.flush(durable=True)
+        except OSError as e:
+            log.error("fsync of a directory failed: %s", e)
+            raise pyfuse3.FUSEError(e.errno if is_no_space(e) else errno.EIO) from None
 
     async def release(self, fh: int) -> None:
         node = self._handles.pop(fh, None)
@@ -505,7 +540,12 @@ class WritableOperations(LindiOperations):
         if fields.update_size:
             if node.children is not None:
                 raise pyfuse3.FUSEError(errno.EISDIR)
-            await self.writer.truncate(node, attr.st_size)
+            try:
+                await self.writer.truncate(node, attr.st_size)
+            except OSError as e:
+                if not is_no_space(e):
+                    raise
+                raise pyfuse3.FUSEError(e.errno) from None
         # Modes, owners and times are accepted but not stored (see docs/semantics.md).
         return await self._attrs(node)
 
@@ -612,7 +652,7 @@ class WritableOperations(LindiOperations):
                 await self.writer.flush(durable=True)
             except OSError as e:
                 log.error("requested flush failed: %s", e)
-                raise pyfuse3.FUSEError(errno.EIO) from None
+                raise pyfuse3.FUSEError(e.errno if is_no_space(e) else errno.EIO) from None
             return
         raise pyfuse3.FUSEError(errno.ENOTSUP)
 

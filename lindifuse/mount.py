@@ -49,6 +49,10 @@ class MountOptions:
     uid: int | None = None  # -o uid=: owner shown for every file (default: the daemon's)
     gid: int | None = None  # -o gid=
     umask: int | None = None  # -o umask=: bits cleared from the default modes
+    offline: bool = False  # never use the network; serve what the persistent cache holds
+    timeout: float | None = None  # seconds without an answer before a request fails
+    allowed_hosts: list[str] = field(default_factory=list)  # hosts references may reach
+    no_local_refs: bool = False  # a local source may not reference local files either
 
 
 def setup_logging(log_file: str | None, level: str) -> None:
@@ -423,10 +427,10 @@ def umount(mountpoint: str, *, lazy: bool = False, timeout: float = 120.0) -> in
         # reported; read-only mounts answer EROFS (ENOTSUP from older daemons).
         os.setxattr(mp, "user.lindifuse.flush", b"1")
     except OSError as e:
-        if e.errno == errno.EIO:
+        if e.errno in (errno.EIO, errno.ENOSPC, errno.EDQUOT):
+            why = "no space left on device" if e.errno != errno.EIO else "see the log"
             print(
-                f"lindifuse: {mountpoint}: flushing pending writes failed (see the log); "
-                "still mounted",
+                f"lindifuse: {mountpoint}: flushing pending writes failed ({why}); still mounted",
                 file=sys.stderr,
             )
             return 1

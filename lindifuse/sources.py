@@ -10,12 +10,14 @@ the right bytes (sliced), never the wrong ones.
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import http.client
 import logging
 import os
 import re
 import ssl
 import threading
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -26,7 +28,7 @@ import trio
 
 from . import __version__
 from .dandi import DandiResolver
-from .errors import RefError
+from .errors import HostNotAllowed, OriginError, RefError, VersionChanged
 from .logsetup import StormLog
 
 _R = TypeVar("_R")
@@ -52,6 +54,9 @@ class HttpStats:
     errors: int = 0
     full_body_fallbacks: int = 0
     probes: int = 0  # validator probes (one per distinct URL and mount, at most)
+    version_changes: int = 0  # responses whose ETag/Last-Modified differed from the pinned one
+    retry_after: int = 0  # retries that waited as a Retry-After header asked
+    refused_hosts: int = 0  # requests not sent: host outside --allowed-hosts
     latencies: list[float] = field(default_factory=list)
 
     def record_latency(self, seconds: float) -> None:
@@ -76,7 +81,76 @@ def _host_of(url: str) -> str:
     return urlsplit(url).netloc.lower()
 
 
+DEFAULT_TIMEOUT = 30.0  # seconds; --timeout
+RETRY_AFTER_MAX = 30.0  # never wait longer than this for one Retry-After
+DOWN_SECONDS = 2.0  # a failed version probe is not repeated for this long (per URL)
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds a ``Retry-After`` header asks to wait (delta-seconds or an HTTP date), or
+    None when absent or unparsable. Never negative."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+class HostRule:
+    """Which hosts requests may reach (``--allowed-hosts``): ``host``, ``host:port`` or
+    ``*.domain`` (the domain's subdomains, not the domain itself); case-insensitive. An empty
+    rule allows every host. Checked for every request, redirects included."""
+
+    def __init__(self, patterns: list[str] | tuple[str, ...] = ()) -> None:
+        self.patterns = tuple(p.strip().lower() for p in patterns if p.strip())
+
+    def __bool__(self) -> bool:
+        return bool(self.patterns)
+
+    def allows(self, url: str) -> bool:
+        if not self.patterns:
+            return True
+        try:
+            parts = urlsplit(url)
+            host = (parts.hostname or "").lower()
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:  # not a valid URL (bad IPv6 brackets, port out of range)
+            return False
+        for p in self.patterns:
+            phost, pport = p, None
+            m = re.fullmatch(r"(.+):(\d+)", p)
+            if m and (p.count(":") == 1 or p.startswith("[")):
+                phost, pport = m.group(1), int(m.group(2))
+            phost = phost.strip("[]")
+            if pport is not None and pport != port:
+                continue
+            if host == phost or (phost.startswith("*.") and host.endswith(phost[1:])):
+                return True
+        return False
+
+    def check(self, url: str) -> None:
+        if not self.allows(url):
+            raise HostNotAllowed(f"{url}: host not in --allowed-hosts ({', '.join(self.patterns)})")
+
+
 BULK_MIN = 256 * 2**10
+
+
+def _short(validator: str) -> str:
+    return validator if len(validator) <= 40 else validator[:37] + "..."
+
+
+def pin_validator(client: HttpClient, url: str, validator: str) -> None:
+    """Make ``validator`` the version of ``url`` for this mount (learnt from the persistent
+    cache when the origin cannot be asked): later responses must carry the same one."""
+    client.validators.setdefault(url, validator)
 
 
 class _BulkPool:
@@ -181,15 +255,22 @@ class HttpClient:
     def __init__(
         self,
         *,
-        timeout: float = 30.0,
+        timeout: float = DEFAULT_TIMEOUT,
         retries: int = 4,
         backoff: float = 0.25,
         max_connections: int = 32,
         per_host: int = 16,
         dandi: DandiResolver | None = None,
         bulk_min: int | None = BULK_MIN,
+        offline: bool = False,
+        allowed_hosts: HostRule | None = None,
     ) -> None:
         self.retries = retries
+        self.timeout = timeout
+        # --offline: no request is ever sent; every one fails at once with OriginError.
+        self.offline = offline
+        self.hosts = allowed_hosts if allowed_hosts is not None else HostRule()
+        self._down: dict[str, tuple[float, OriginError]] = {}  # URL -> recent failed probe
         # Ranges of at least bulk_min bytes are received by blocking connections in worker
         # threads (None: never), everything else by the pooled async client.
         self.bulk_min = bulk_min or 0
@@ -213,7 +294,15 @@ class HttpClient:
                 max_connections=max_connections, max_keepalive_connections=max_connections
             ),
             headers={"User-Agent": f"lindifuse/{__version__}"},
+            event_hooks={"request": [self._check_request]} if self.hosts else None,
         )
+
+    async def _check_request(self, request: httpx.Request) -> None:
+        """httpx hook: every request, redirects included, must go to an allowed host."""
+        url = str(request.url)
+        if not self.hosts.allows(url):
+            self.stats.refused_hosts += 1
+            self.hosts.check(url)
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -278,14 +367,29 @@ class HttpClient:
         attempt_once: Callable[[], Awaitable[_R]],
         status_of: Callable[[_R], int],
         transport_errors: tuple[type[BaseException], ...],
+        retry_after_of: Callable[[_R], str | None] = lambda _: None,
     ) -> _R:
         """Run ``attempt_once`` (one request, under the per-host bound) until it answers with a
         status below 500 other than 429; retry connection errors, timeouts, 5xx and 429 with
-        exponential backoff, at most ``self.retries`` times; RefError when they run out."""
+        exponential backoff (or after the delay a ``Retry-After`` header asks, at most
+        RETRY_AFTER_MAX), at most ``self.retries`` times and only while ``self.timeout`` seconds
+        have not passed since the first attempt; OriginError when they run out.
+
+        Each attempt gives up after ``self.timeout`` seconds without progress (httpx's and the
+        sockets' per-operation timeouts), so a request to a server that accepts connections and
+        never answers fails after about that long, at most twice (an attempt started just
+        before the budget ran out); a slow but steady transfer is not cut off."""
+        if self.offline:
+            raise OriginError(f"{url}: not fetched: --offline")
+        if not self.hosts.allows(url):
+            self.stats.refused_hosts += 1
+            self.hosts.check(url)
         attempt = 0
+        start = trio.current_time()
         while True:
             t0 = trio.current_time()
             self.stats.requests += 1
+            wait: float | None = None
             try:
                 async with self._limit(url):
                     got = await attempt_once()
@@ -297,11 +401,24 @@ class HttpClient:
                 if status < 500 and status != 429:
                     return got
                 cause = f"HTTP {status}"
-            if attempt >= self.retries:
+                wait = parse_retry_after(retry_after_of(got))
+            elapsed = trio.current_time() - start
+            delay = self.backoff * (2**attempt)
+            if wait is not None:
+                if wait > RETRY_AFTER_MAX or elapsed + wait > self.timeout:
+                    self.stats.errors += 1
+                    raise OriginError(
+                        f"{url}: {cause}, Retry-After {wait:.0f} s is beyond the bound "
+                        f"(after {attempt + 1} attempts)"
+                    )
+                delay = max(delay, wait)
+            if attempt >= self.retries or elapsed + delay >= self.timeout:
                 self.stats.errors += 1
-                raise RefError(f"{url}: {cause} (after {attempt + 1} attempts)")
+                raise OriginError(f"{url}: {cause} (after {attempt + 1} attempts)")
             attempt += 1
             self.stats.retries += 1
+            if wait is not None:
+                self.stats.retry_after += 1
             _retry_log.warning(
                 urlsplit(url).netloc or url,
                 "%s: %s, retry %d/%d",
@@ -310,7 +427,7 @@ class HttpClient:
                 attempt,
                 self.retries,
             )
-            await trio.sleep(self.backoff * (2 ** (attempt - 1)))
+            await trio.sleep(delay)
 
     async def _send(
         self, url: str, headers: dict[str, str], method: str = "GET", *, redirects: bool = True
@@ -321,6 +438,7 @@ class HttpClient:
             lambda: self._client.request(method, url, headers=headers, follow_redirects=redirects),
             lambda resp: resp.status_code,
             (httpx.TransportError,),
+            lambda resp: resp.headers.get("retry-after"),
         )
 
     async def _request(
@@ -340,9 +458,24 @@ class HttpClient:
         return resp
 
     def _note(self, url: str, status: int, headers: Mapping[str, str]) -> None:
-        """Remember the first validator and the size a response reveals for ``url``."""
+        """Remember the first validator and the size a response reveals for ``url``.
+
+        The first validator is the version of ``url`` this mount serves: a later response
+        with another one means the object was replaced on the server, and its bytes would mix
+        two versions (VersionChanged; the caller serves nothing from it)."""
+        got = _validator_of(headers)
         if url not in self.validators:
-            self.validators[url] = _validator_of(headers)
+            self.validators[url] = got
+        else:
+            pinned = self.validators[url]
+            if pinned is not None and got is not None and got != pinned:
+                self.stats.version_changes += 1
+                self.stats.errors += 1
+                raise VersionChanged(
+                    f"{url}: the object changed on the server ({_short(pinned)} -> "
+                    f"{_short(got)}); this mount keeps serving the version it started with "
+                    "and never mixes two: remount to read the new one"
+                )
         if url not in self.sizes:
             if status == 206:
                 m = _CONTENT_RANGE_RE.fullmatch(headers.get("content-range", "").strip())
@@ -389,6 +522,7 @@ class HttpClient:
             ),
             lambda got: got[0],
             (OSError, http.client.HTTPException),
+            lambda got: got[1].get("retry-after"),
         )
 
     def pin(self, url: str, validator: str, size: int) -> None:
@@ -400,8 +534,16 @@ class HttpClient:
     async def validator(self, url: str) -> str | None:
         """The validator of ``url`` for this mount: known from an earlier response, else probed
         once (a 1-byte range request). None when the server sends neither ETag nor
-        Last-Modified, or the probe failed: such objects are not cached on disk."""
+        Last-Modified, or answered the probe with an error such as 404: such objects are not
+        cached on disk. OriginError when the origin cannot be reached (the caller may then
+        serve what the persistent cache holds); such a failure is remembered for DOWN_SECONDS,
+        so that the readers waiting for one probe do not each probe again."""
         while url not in self.validators:
+            down = self._down.get(url)
+            if down is not None:
+                if trio.current_time() - down[0] < DOWN_SECONDS:
+                    raise down[1]
+                del self._down[url]
             ev = self._probes.get(url)
             if ev is not None:
                 await ev.wait()
@@ -410,6 +552,9 @@ class HttpClient:
             self.stats.probes += 1
             try:
                 await self.get_head(url, 1)
+            except OriginError as e:
+                self._down[url] = (trio.current_time(), e)
+                raise
             except RefError as e:
                 log.warning("%s: cannot probe its version (%s): not cached on disk", url, e)
                 self.validators.setdefault(url, None)

@@ -26,6 +26,7 @@ import trio
 
 from . import tarfmt
 from .content import ContentService
+from .space import admits, free_bytes, is_no_space, no_space, reserve_for
 from .tree import Node, Tree
 
 log = logging.getLogger(__name__)
@@ -217,6 +218,58 @@ class Writer:
         self.flushes = 0
         self._nursery: trio.Nursery | None = None  # run_timer's: runs commits started by renames
         self._background = 0
+        self.refused_writes = 0  # writes answered ENOSPC by the free-space admission
+        self.full_commits = 0  # commits or flushes that met a full file system
+        self._full_logged = False  # one log line per episode of a full file system
+        self._json_bytes = self._measure_json()
+
+    # -- free space ---------------------------------------------------------------------------
+
+    def _measure_json(self) -> int:
+        """Current size of the JSON members a commit rewrites (lindi.json, the tar index)."""
+        members = getattr(self.archive, "members", None)
+        if isinstance(members, dict) and members:
+            return sum(m.s for n, m in members.items() if n in ("lindi.json", ".tar_index.json"))
+        try:
+            return os.stat(os.path.join(self.archive.path, "lindi.json")).st_size
+        except (OSError, AttributeError, TypeError):
+            return 0
+
+    def _admit(self, node: Node, st: Staged, end: int) -> None:
+        """Raise ENOSPC unless the archive's file system can take ``st`` grown to ``end``
+        bytes on top of everything staged and not committed (see ``lindifuse.space``)."""
+        extra = max(0, end - st.size) + (0 if st.dirty else st.size)
+        if extra <= 0:
+            return
+        free = free_bytes(self.staging_dir)
+        if free is None:
+            return
+        pending = sum(s.size * (1 if s.in_memory else 2) for s in self.staged.values() if s.dirty)
+        reserve = reserve_for(self._json_bytes)
+        if admits(free, pending, extra, reserve):
+            if self._full_logged and free > pending + extra + 2 * reserve:
+                self._full_logged = False
+            return
+        self.refused_writes += 1
+        if not self._full_logged:
+            self._full_logged = True
+            log.warning(
+                "%s: no space left for writing %s (%d bytes free, %d staged and not yet "
+                "committed, %d kept for the next commit): writes that grow files get ENOSPC",
+                self.staging_dir,
+                node.key,
+                free,
+                pending,
+                reserve,
+            )
+        raise no_space(node.key)
+
+    def _note_full(self, what: str, e: BaseException) -> None:
+        """A commit or flush met a full file system: say so once per episode, retry later."""
+        self.full_commits += 1
+        if not self._full_logged:
+            self._full_logged = True
+            log.warning("%s failed: %s; kept staged, retried every second", what, e)
 
     # -- staging ----------------------------------------------------------------------------
 
@@ -262,6 +315,7 @@ class Writer:
 
     async def write(self, node: Node, off: int, buf: bytes) -> int:
         st = await self.ensure_staged(node)
+        self._admit(node, st, off + len(buf))
         return await self._pwrite(st, off, buf)
 
     @staticmethod
@@ -275,6 +329,7 @@ class Writer:
     async def truncate(self, node: Node, size: int) -> None:
         st = await self.ensure_staged(node, truncate=size == 0)
         if st.size != size:
+            self._admit(node, st, size)
             st.truncate(size)
 
     def opened(self, node: Node) -> None:
@@ -363,8 +418,11 @@ class Writer:
     async def _commit_in_background(self, node: Node) -> None:
         try:
             await self.commit(node)
-        except Exception:
-            log.exception("commit of %s failed; the flush timer will retry", node.key)
+        except Exception as e:
+            if is_no_space(e):
+                self._note_full(f"commit of {node.key}", e)
+            else:
+                log.exception("commit of %s failed; the flush timer will retry", node.key)
         finally:
             self._background -= 1
 
@@ -453,6 +511,10 @@ class Writer:
                 self.refs_dirty = True
                 raise
             self.flushes += 1
+            self._json_bytes = self._measure_json()
+            if self._full_logged and not any(st.dirty for st in self.staged.values()):
+                self._full_logged = False
+                log.warning("%s: everything staged is committed again", self.staging_dir)
 
     async def fsync(self, node: Node) -> None:
         st = self.staged.get(node.inode)
@@ -474,8 +536,11 @@ class Writer:
                     ):
                         try:
                             await self.flush(durable=True, quiet=QUIET)
-                        except Exception:
-                            log.exception("periodic flush failed; will retry")
+                        except Exception as e:
+                            if is_no_space(e):
+                                self._note_full("periodic flush", e)
+                            else:
+                                log.exception("periodic flush failed; will retry")
             finally:
                 self._nursery = None
 

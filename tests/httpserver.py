@@ -11,6 +11,13 @@ that tests change at run time:
         srv.fail_next("x.lindi.tar", 500, 2)     # two 500s, then normal service
         srv.fail_next("x.lindi.tar", "reset")    # close the connection, no response
         srv.fail_next("x.lindi.tar", "truncate") # send half the promised body, then close
+        srv.fail_next("x.lindi.tar", "headers-reset")  # status and headers, then a TCP RST
+        srv.fail_next("x.lindi.tar", "mid-reset")  # half the body, then a TCP RST
+        srv.fail_next("x.lindi.tar", "stall")    # read the request, answer nothing, hold on
+        srv.fail_next("x.lindi.tar", 503, 2, retry_after="1")  # with a Retry-After header
+        srv.outage = 500                         # every request of every path (also "reset",
+                                                 # "stall"), until set back to None
+        srv.release_stalls()                     # stalled connections are closed now
         srv.ignore_range.add("x.lindi.tar")      # answer 200 with the whole body
         srv.add_redirect("old.tar", "x.lindi.tar?X-Sig=abc")  # 302 (pre-signed style)
         srv.forbid.add("secret.bin")             # 403
@@ -33,6 +40,7 @@ import email.utils
 import os
 import signal
 import socket
+import struct
 import sys
 import threading
 import time
@@ -159,8 +167,27 @@ class _Handler(BaseHTTPRequestHandler):
             entry.status = code
         super().send_response(code, message)
 
+    def _rst(self) -> None:
+        """Abort the connection with a TCP RST (SO_LINGER 0), not an orderly FIN."""
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.wfile.flush()
+        with contextlib.suppress(OSError):
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+
     def _respond(self, owner: RangeServer, rel: str, rng: str | None, head: bool) -> int:
         failure = owner._take_failure(rel)
+        retry_after = None
+        if isinstance(failure, tuple):
+            failure, retry_after = failure
+        if failure == "stall":
+            self._entry.status = 0
+            owner._stall()
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+            return 0
         if failure == "reset":
             self._entry.status = 0
             self.close_connection = True
@@ -168,10 +195,11 @@ class _Handler(BaseHTTPRequestHandler):
                 self.connection.shutdown(socket.SHUT_RDWR)
             return 0
         path = owner._resolve(rel)
-        if failure == "truncate" and path is not None:
-            return self._send_file(path, rng, head, truncate=True)
+        if failure in ("truncate", "headers-reset", "mid-reset") and path is not None:
+            return self._send_file(path, rng, head, truncate=failure)
         if isinstance(failure, int):
-            self._simple(failure, f"injected failure {failure}\n".encode(), head=head)
+            extra = {"Retry-After": retry_after} if retry_after is not None else None
+            self._simple(failure, f"injected failure {failure}\n".encode(), extra, head=head)
             return failure
         redirect = owner._redirect_for(rel)
         if redirect is not None:
@@ -228,6 +256,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             if head:
                 return status
+            if truncate == "headers-reset":
+                self._rst()
+                return status
             remaining = length // 2 if truncate else length
             f.seek(start)
             while remaining > 0:
@@ -236,7 +267,9 @@ class _Handler(BaseHTTPRequestHandler):
                     break
                 self.wfile.write(buf)
                 remaining -= len(buf)
-            if truncate:
+            if truncate == "mid-reset":
+                self._rst()
+            elif truncate:
                 self.wfile.flush()
                 self.close_connection = True
                 with contextlib.suppress(OSError):
@@ -305,8 +338,12 @@ class RangeServer:
         return self
 
     def stop(self) -> None:
+        """Stop serving and close the port (connections to it are refused); ``start`` serves
+        again on the same port."""
         if self._httpd is None:
             return
+        self.release_stalls()
+        self._requested_port = self.port
         if self._thread is not None:
             self._httpd.shutdown()
             self._thread.join(5)
@@ -360,8 +397,15 @@ class RangeServer:
             self.forbid: set[str] = _PathSet()
             self.redirects: dict[str, tuple[str, int]] = {}
             self._failures: dict[str, collections.deque] = {}
+            self.outage: int | str | None = None
+            self.stalled = 0  # requests that were answered with nothing (stall)
+            self.stall_max = 60.0  # a stalled request gives up after this many seconds
+            old = getattr(self, "_unstall", None)
+            self._unstall = threading.Event()
             self.counts: collections.Counter[str] = collections.Counter()
             self.log: list[LoggedRequest] = []
+        if old is not None:
+            old.set()
 
     def reset_log(self) -> None:
         """Clear only the counters and the request log."""
@@ -369,17 +413,36 @@ class RangeServer:
             self.counts = collections.Counter()
             self.log = []
 
-    def fail_next(self, path: str, status: int | str = 500, count: int = 1) -> None:
+    def fail_next(
+        self, path: str, status: int | str = 500, count: int = 1, retry_after: str | None = None
+    ) -> None:
         """The next ``count`` requests of ``path`` fail with ``status``.
 
-        ``status`` is an HTTP status, "reset" (close without answering) or
-        "truncate" (announce the full length, send half, close). Calls queue up.
+        ``status`` is an HTTP status (with a ``Retry-After: retry_after`` header when given),
+        "reset" (close without answering), "truncate" (announce the full length, send half,
+        close: a body shorter than its Content-Length), "headers-reset" (status and headers,
+        then a TCP RST), "mid-reset" (half the body, then a TCP RST) or "stall" (read the
+        request and answer nothing until ``release_stalls``, ``reset`` or ``stall_max``
+        seconds). Calls queue up.
         """
-        if not (isinstance(status, int) or status in ("reset", "truncate")):
+        if not (isinstance(status, int) or status in FAULTS):
             raise ValueError(f"bad failure kind: {status!r}")
+        item = (status, retry_after) if retry_after is not None else status
         with self._lock:
             q = self._failures.setdefault(_norm(path), collections.deque())
-            q.extend([status] * count)
+            q.extend([item] * count)
+
+    def release_stalls(self) -> None:
+        """Close every stalled connection now (later stalls wait again)."""
+        with self._lock:
+            old, self._unstall = self._unstall, threading.Event()
+        old.set()
+
+    def _stall(self) -> None:
+        with self._lock:
+            self.stalled += 1
+            ev = self._unstall
+        ev.wait(self.stall_max)
 
     def add_redirect(self, path: str, target: str, status: int = 302) -> None:
         """``path`` answers ``status`` with Location: url(target) (target may hold a query)."""
@@ -432,7 +495,7 @@ class RangeServer:
             q = self._failures.get(rel)
             if q:
                 return q.popleft()
-        return None
+            return self.outage
 
     def _redirect_for(self, rel: str):
         with self._lock:
@@ -450,6 +513,9 @@ class RangeServer:
         if not p.is_file():
             return None
         return p
+
+
+FAULTS = ("reset", "truncate", "headers-reset", "mid-reset", "stall")
 
 
 def _norm(path: str) -> str:

@@ -325,3 +325,19 @@ def test_create_from_remote_nwb_references_the_url(
     a = json.loads([x for x in direct.splitlines() if x.startswith("{")][-1])
     b = json.loads([x for x in via.splitlines() if x.startswith("{")][-1])
     assert a == b
+
+
+def test_remote_hdf5_mounts_again_offline(h5_files, mount, http_server, tmp_path):
+    """A remote HDF5 file mounted once mounts again with --offline: its index and the metadata
+    and chunks read before come from the cache, and the server sees no request."""
+    http_server.add_file("features.h5", h5_files.features)
+    url = http_server.url("features.h5")
+    cache = tmp_path / "cache"
+    m = mount(url, None, "--cache-dir", cache)
+    _assert_numeric_equal(m.path, h5_files.features)
+    m.umount()
+    http_server.reset_log()
+    m = mount(url, None, "--cache-dir", cache, "--offline")
+    _assert_numeric_equal(m.path, h5_files.features)
+    assert http_server.count() == 0
+    m.umount()
