@@ -284,6 +284,7 @@ class HttpClient:
         # Logical URLs whose version is known without asking (a DANDI asset id never changes
         # content): their validator is this, whatever the server that answers says.
         self.pinned: dict[str, str] = {}
+        self._origin_validators: dict[str, str | None] = {}  # of pinned URLs, as served
         self._probes: dict[str, trio.Event] = {}
         self._resolving: dict[str, trio.Event] = {}
         self._host_limits: dict[str, trio.Semaphore] = {}
@@ -464,10 +465,13 @@ class HttpClient:
         with another one means the object was replaced on the server, and its bytes would mix
         two versions (VersionChanged; the caller serves nothing from it)."""
         got = _validator_of(headers)
-        if url not in self.validators:
-            self.validators[url] = got
+        # A URL pinned by the caller (pin()) is cached under the caller's validator; the
+        # server's own validator is still watched, apart, for a change.
+        seen = self._origin_validators if url in self.pinned else self.validators
+        if url not in seen:
+            seen[url] = got
         else:
-            pinned = self.validators[url]
+            pinned = seen[url]
             if pinned is not None and got is not None and got != pinned:
                 self.stats.version_changes += 1
                 self.stats.errors += 1
