@@ -184,9 +184,13 @@ def lindifuse_mount(
     extra=(),
     read_only: bool = True,
     umount_timeout: float = 30,
+    cmd: list[str] | None = None,
+    env: dict[str, str] | None = None,
 ) -> Iterator[Mount]:
     """Mount (read-only unless told), time it until ``ls`` answers, and always unmount
-    (``lindifuse umount``, then ``fusermount3 -u -z``) and end the daemon by PID."""
+    (``lindifuse umount``, then ``fusermount3 -u -z``) and end the daemon by PID. ``cmd`` and
+    ``env`` run another lindifuse (benchmarks/bench_seq.py compares two checkouts)."""
+    lf = cmd or lindifuse_cmd()
     mnt = Path(mnt)
     mnt.mkdir(parents=True, exist_ok=True)
     if is_mounted(mnt):
@@ -198,7 +202,7 @@ def lindifuse_mount(
         t0 = time.perf_counter()
         res = subprocess.run(
             [
-                *lindifuse_cmd(),
+                *lf,
                 "mount",
                 str(source),
                 str(mnt),
@@ -212,6 +216,7 @@ def lindifuse_mount(
             capture_output=True,
             text=True,
             timeout=600,
+            env=env,
         )
         if res.returncode != 0:
             raise RuntimeError(f"lindifuse mount {source} failed: {res.stderr.strip()}")
@@ -225,9 +230,10 @@ def lindifuse_mount(
                 pid = int(os.getxattr(mnt, "user.lindifuse.pid"))
         if is_mounted(mnt):
             r = subprocess.run(
-                [*lindifuse_cmd(), "umount", str(mnt), "--timeout", str(umount_timeout)],
+                [*lf, "umount", str(mnt), "--timeout", str(umount_timeout)],
                 capture_output=True,
                 text=True,
+                env=env,
             )
             if r.returncode != 0:
                 print(f"warning: lindifuse umount {mnt}: {r.stderr.strip()}", file=sys.stderr)

@@ -21,7 +21,14 @@ from .cache import MemoryCache
 from .containers import Container, Location
 from .errors import RefError
 from .fetch import Fetcher, ReadAhead
-from .refs import Inline, decode_value, expand_templates, is_chunk_name, padded_chunk_size
+from .refs import (
+    Inline,
+    decode_value,
+    expand_templates,
+    inline_size,
+    is_chunk_name,
+    padded_chunk_size,
+)
 from .sources import HttpClient, LocalFiles
 from .tree import Node
 
@@ -252,6 +259,12 @@ class ContentService:
             # Fast path for listings: the size is in the reference; no need to resolve it.
             node.size = await self._padded(node, value[2])
             return node.size
+        if type(value) is str:
+            n = inline_size(value)
+            if n is not None:
+                # Inline content: its size without decoding it (a cold walk lists them all).
+                node.size = await self._padded(node, n)
+                return node.size
         return (await self.resolve(node)).size
 
     async def read(self, node: Node, offset: int, size: int) -> bytes:
@@ -275,6 +288,8 @@ class ContentService:
         assert loc is not None
         try:
             if not loc.remote:
+                if offset == 0 and self.readahead is not None:
+                    self.readahead.on_read(node, r)
                 return await self.local.read(loc.where, r.offset + offset, size)
             if r.stored <= WHOLE_FETCH_MAX:
                 if offset == 0 and self.readahead is not None:

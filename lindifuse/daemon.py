@@ -261,7 +261,9 @@ class FileSystem:
                 **asdict(self.fetcher.stats),
                 "probes": self.http.stats.probes,
                 "readahead": self.content.readahead is not None,
+                "local_nowait_reads": self.local.nowait_hits,
             },
+            "requests": dict(self.ops.requests),
             "dandi": asdict(self.http.dandi.stats),
         }
 

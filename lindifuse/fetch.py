@@ -13,10 +13,13 @@
 :class:`ReadAhead` watches which chunk files of a directory are read: when chunk *k* is read
 and the reads look sequential (chunk 0, or one of the 3 predecessors was read recently, or *k* lies in
 the window already prefetched), the next sibling chunk files in chunk-index order whose
-references point into the same URL are fetched in the background as one merged request, split
-into memory (and disk) cache entries. Chunks already on disk are loaded into memory with one
-worker-thread call for the whole window. Read-ahead is bounded (bytes per window, windows in
-flight) and cancelled at unmount.
+references point into the same URL are fetched in the background, split into memory (and disk)
+cache entries. The window grows like the kernel's (see :mod:`lindifuse.seqwindow`: 4 MiB first,
+doubled while the reader keeps up, up to 64 MiB) and goes out as several concurrent requests;
+the next window starts while the reader is inside the current one. Chunks already on disk are
+loaded into memory with one worker-thread call for the whole window. For local sources the
+window is only advised to the kernel (``POSIX_FADV_WILLNEED``). Read-ahead is bounded (bytes per
+window, windows in flight) and cancelled at unmount.
 
 **Degraded and offline serving (stale-if-error).** The persistent cache records, per URL, the
 validator the origin last reported. When the origin cannot be asked for the current one (the
@@ -32,9 +35,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -43,6 +45,7 @@ from .cache import MemoryCache
 from .disk_cache import AsyncDiskCache, make_key
 from .errors import OriginError, RefError
 from .refs import is_chunk_name
+from .seqwindow import SeqWindow
 from .sources import HttpClient, pin_validator
 
 if TYPE_CHECKING:
@@ -54,7 +57,10 @@ log = logging.getLogger(__name__)
 MERGE_GAP = 256 * 2**10
 MERGE_MAX = 16 * 2**20
 MERGE_WINDOW = 0.001
-READAHEAD_BYTES = 16 * 2**20
+READAHEAD_BYTES = 64 * 2**20  # largest window (also at most a quarter of the memory cache)
+READAHEAD_INITIAL = 4 * 2**20  # first window of a directory; doubles while the reader keeps up
+READAHEAD_REQUESTS = 8  # a window is fetched as up to this many concurrent requests
+READAHEAD_SPAN_MIN = 2 * 2**20  # ... of at least this many bytes each
 READAHEAD_MAX_CHUNKS = 1024
 READAHEAD_ACTIVE = 4  # read-ahead windows in flight at once (all directories)
 
@@ -114,6 +120,8 @@ class FetchStats:
     readahead_errors: int = 0
     stale_served: int = 0  # ranges served from disk while the origin failed (or --offline)
     stale_urls: int = 0  # URLs served that way (one log line each)
+    readahead_window_max: int = 0  # largest window started, in chunks
+    readahead_local_bytes: int = 0  # bytes of local sources advised to the kernel (WILLNEED)
 
 
 class _Waiter:
@@ -408,9 +416,12 @@ class Fetcher:
                     pos = end
             s.gap_bytes += span.size - covered
 
-    async def prefetch(self, url: str, ranges: list[tuple[int, int]]) -> None:
+    async def prefetch(
+        self, url: str, ranges: list[tuple[int, int]], span_max: int | None = None
+    ) -> None:
         """Bring ``ranges`` of ``url`` into the memory cache: those on disk with one thread call,
-        the rest as merged requests. Askers of a range meanwhile wait for this fetch."""
+        the rest as merged requests of at most ``span_max`` bytes (default ``merge_max``),
+        fetched concurrently. Askers of a range meanwhile wait for this fetch."""
         flights = {}
         for rng in ranges:
             key = (url, *rng)
@@ -437,7 +448,9 @@ class Fetcher:
                         s.stale_served += 1
             if not flights or self.http.offline:
                 return
-            spans = plan_merges(flights, self.merge_gap, self.merge_max)
+            spans = plan_merges(
+                flights, self.merge_gap, min(span_max or self.merge_max, self.merge_max)
+            )
             s.readahead_requests += len(spans)
 
             def deliver(rng: tuple[int, int], data: bytes | None, err: BaseException | None):
@@ -468,8 +481,7 @@ def _chunk_sort_key(name: str) -> tuple[int, ...]:
 class _DirState:
     order: list[Node]
     index: dict[str, int]
-    recent: deque[int] = field(default_factory=lambda: deque(maxlen=32))
-    ahead: int = -1  # highest ordinal read-ahead has been started for
+    win: SeqWindow | None = None  # the window policy, sized from the first chunk read
 
 
 class ReadAhead:
@@ -483,10 +495,16 @@ class ReadAhead:
         max_bytes: int = READAHEAD_BYTES,
         max_chunks: int = READAHEAD_MAX_CHUNKS,
         whole_fetch_max: int = 32 * 2**20,
+        initial_bytes: int = READAHEAD_INITIAL,
+        window_requests: int = READAHEAD_REQUESTS,
+        span_min: int = READAHEAD_SPAN_MIN,
     ) -> None:
         self.content = content
         self.fetcher = fetcher
         self.max_bytes = min(max_bytes, max(1, fetcher.memory.max_bytes // 4))
+        self.initial_bytes = min(initial_bytes, self.max_bytes)
+        self.window_requests = window_requests
+        self.span_min = span_min
         self.max_chunks = max_chunks
         self.whole_fetch_max = whole_fetch_max
         self._dirs: dict[int, _DirState] = {}
@@ -515,25 +533,28 @@ class ReadAhead:
         i = st.index.get(node.name)
         if i is None:
             return
-        recent = st.recent
-        sequential = i == 0 or i <= st.ahead or any((i - d) in recent for d in range(1, 4))
-        recent.append(i)
-        if not sequential:
+        win = st.win
+        if win is None:
+            per = max(1, r.stored)
+            win = st.win = SeqWindow(
+                len(st.order),
+                initial=max(2, self.initial_bytes // per),
+                maximum=max(1, min(self.max_chunks, self.max_bytes // per)),
+            )
+        # The window starts small and doubles while the reader keeps up (lindifuse.seqwindow);
+        # the next window is started while the reader is still inside the current one.
+        span = win.on_read(i, self.fetcher.can_start())
+        if span is None:
             return
-        n = max(1, min(self.max_chunks, self.max_bytes // max(1, r.stored)))
-        if st.ahead - i >= n:
-            return  # a whole window is already fetched or in flight ahead of the reader
-        # Fetch the next whole window: the reader stays one to two windows behind the
-        # fetches, so a window's request time is hidden behind the reading of the previous one.
-        start = max(st.ahead + 1, i + 1)
-        end = min(len(st.order), start + n)
-        if start >= end or not self.fetcher.can_start():
-            return
-        st.ahead = end - 1
+        start, end = span
         self.fetcher.stats.readahead_windows += 1
-        self.fetcher.start_soon(self._window, r.loc.where, st.order[start:end])
+        self.fetcher.stats.readahead_window_max = max(
+            self.fetcher.stats.readahead_window_max, end - start
+        )
+        fn = self._window if r.loc.remote else self._local_window
+        self.fetcher.start_soon(fn, r.loc.where, st.order[start:end])
 
-    async def _window(self, url: str, nodes: list[Node]) -> None:
+    async def _ranges(self, url: str, nodes: list[Node], remote: bool) -> list[tuple[int, int]]:
         ranges = []
         total = 0
         for n in nodes:
@@ -542,7 +563,7 @@ class ReadAhead:
             except RefError:
                 continue
             loc = r.loc
-            if loc is None or not loc.remote or loc.where != url or r.stored == 0:
+            if loc is None or loc.remote != remote or loc.where != url or r.stored == 0:
                 continue
             if r.stored > self.whole_fetch_max:
                 break
@@ -550,8 +571,26 @@ class ReadAhead:
             total += r.stored
             if total >= self.max_bytes:
                 break
+        return ranges
+
+    async def _window(self, url: str, nodes: list[Node]) -> None:
+        ranges = await self._ranges(url, nodes, True)
         if ranges:
-            await self.fetcher.prefetch(url, ranges)
+            # Several requests per window (spans of at most span_max bytes), fetched at once:
+            # one request stream alone does not fill the link.
+            total = sum(s for _, s in ranges)
+            span_max = max(self.span_min, -(-total // self.window_requests))
+            await self.fetcher.prefetch(url, ranges, span_max)
+
+    async def _local_window(self, path: str, nodes: list[Node]) -> None:
+        """Local source: ask the kernel to read the window into the page cache now
+        (POSIX_FADV_WILLNEED), so the disk works while the reader is served from memory."""
+        ranges = await self._ranges(path, nodes, False)
+        spans = plan_merges(ranges, MERGE_GAP, 1 << 62)
+        if spans:
+            local = self.content.local
+            await trio.to_thread.run_sync(local.advise, path, [(s.start, s.size) for s in spans])
+            self.fetcher.stats.readahead_local_bytes += sum(s.size for s in spans)
 
 
 KERNEL_READAHEAD_KB = 1024

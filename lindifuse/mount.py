@@ -318,7 +318,17 @@ def run_foreground(opts: MountOptions) -> int:
     import trio  # here, not at the top: `lindifuse mount` without -f never needs it
 
     setup_logging(opts.log_file, opts.log_level)
-    status = trio.run(serve, opts)
+    prof_out = os.environ.get("LINDIFUSE_PROFILE")
+    if prof_out:
+        # Developer aid: LINDIFUSE_PROFILE=FILE dumps the daemon's cProfile statistics to FILE
+        # at unmount (how the per-request profiles in benchmarks/RESULTS.md were taken).
+        import cProfile
+
+        prof = cProfile.Profile()
+        status = prof.runcall(trio.run, serve, opts)
+        prof.dump_stats(prof_out)
+    else:
+        status = trio.run(serve, opts)
     # Everything is flushed and closed: skip freeing millions of objects one by one.
     logging.shutdown()
     sys.stdout.flush()
