@@ -19,7 +19,9 @@ Mount a LINDI file (.lindi.json, .lindi.tar or .lindi.d) or an HDF5/NWB file (a 
 an http(s) URL) as a directory tree of Zarr keys, so that zarr, xarray, ls, cp, du and any program
 see an ordinary Zarr v2 directory. Reads resolve each key's reference to inline bytes, a member of
 the archive, a local file or an HTTP range request, through a chunk cache. An HDF5 file is
-indexed on its first mount (the same view lindi gives) and the index kept in the cache."""
+indexed on its first mount (the same view lindi gives) and the index kept in the cache.
+A whole DANDI dandiset (dandi://DANDISET[@VERSION][/folder], or its web page's URL) mounts as
+its folders, with every NWB asset a Zarr directory loaded on first use."""
 
 EPILOG = """\
 examples:
@@ -31,6 +33,8 @@ examples:
   lindifuse mount sub-01_ses-01.nwb /mnt/nwb          # HDF5/NWB directly, read-only
   lindifuse index sub-01_ses-01.nwb -o sub-01.lindi.json
   lindifuse info session.lindi.tar
+  lindifuse mount dandi://000939 /mnt/000939          # a whole dandiset, NWB files as Zarr
+  lindifuse info dandi://000939@0.240101.1234 --check-indexes
   lindifuse mount session.nwb.lindi.tar /mnt/nwb --xarray    # for xarray.open_datatree
 
 exit status: 0 on success, 1 when the source, the mount point or the operation failed
@@ -77,7 +81,8 @@ def _mount_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "source",
         metavar="SOURCE",
-        help="path or http(s) URL of a .lindi.json, .lindi.tar, .lindi.d or HDF5/NWB file",
+        help="path or http(s) URL of a .lindi.json, .lindi.tar, .lindi.d or HDF5/NWB file, "
+        "or a dandiset: dandi://DANDISET[@VERSION][/folder] or its web URL",
     )
     p.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing, empty directory")
     p.add_argument(
@@ -162,6 +167,20 @@ def _mount_parser(sub: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="do not prefetch the next chunks of an array that is read sequentially",
     )
+    _dandi_options(p)
+    p.add_argument(
+        "--lindi-url-template",
+        metavar="TEMPLATE",
+        help="dandisets: URL of an NWB asset's LINDI index, with the fields {dandiset}, "
+        "{version} and {asset_id} (default: the neurosift pattern "
+        "https://lindi.neurosift.org/dandi/dandisets/{dandiset}/assets/{asset_id}/"
+        "nwb.lindi.json); an asset without one (404) is indexed from its HDF5 file",
+    )
+    p.add_argument(
+        "--no-lindi-index",
+        action="store_true",
+        help="dandisets: do not look for LINDI indexes; index every NWB asset from its HDF5 file",
+    )
     p.add_argument(
         "--xarray",
         action="store_true",
@@ -240,6 +259,16 @@ def _octal(text: str) -> int:
     return value
 
 
+def _dandi_options(p: Any) -> None:
+    p.add_argument(
+        "--dandi-api",
+        metavar="URL",
+        help="dandisets: root of the DANDI API (default $LINDIFUSE_DANDI_API, else "
+        "https://api.dandiarchive.org/api); its host also gets DANDI_API_KEY and has its asset "
+        "download redirects resolved once",
+    )
+
+
 def _size(text: str) -> int:
     units = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
     t = text.strip().upper().removesuffix("B").removesuffix("I")
@@ -310,14 +339,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="summarize a LINDI source",
         description="Print the kind of SOURCE, its keys, groups and arrays, the bytes "
         "stored inline, inside the container and externally, and the "
-        "external URLs or files it references.",
+        "external URLs or files it references. For a dandiset (dandi://DANDISET[@VERSION]"
+        "[/folder] or its web URL): the version chosen, the asset count and total size, "
+        "and with --check-indexes which NWB assets have a LINDI index.",
         epilog="examples:\n"
         "  lindifuse info session.lindi.tar\n"
-        "  lindifuse info https://example.org/data/file.lindi.json --json",
+        "  lindifuse info https://example.org/data/file.lindi.json --json\n"
+        "  lindifuse info dandi://000939 --check-indexes",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("source", metavar="SOURCE")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    _dandi_options(p)
+    p.add_argument(
+        "--check-indexes",
+        action="store_true",
+        help="dandisets: ask, with one HEAD request per NWB asset, whether its LINDI index "
+        "exists (--lindi-url-template), and list the answer for each",
+    )
+    p.add_argument("--lindi-url-template", metavar="TEMPLATE", help="dandisets: as for mount")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=8,
+        metavar="N",
+        help="dandisets: HEAD requests in flight at once with --check-indexes (default 8)",
+    )
 
     p = sub.add_parser(
         "create",
@@ -422,6 +469,13 @@ def normalize_argv(
 def cmd_info(args: argparse.Namespace) -> int:
     import trio
 
+    from .dandiset import parse_target
+
+    if parse_target(args.source) is not None:
+        from .dandiinfo import cmd_dandi_info
+
+        return cmd_dandi_info(args)
+
     from .info import summarize
 
     summary = trio.run(summarize, args.source)
@@ -486,6 +540,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                 cache_size=args.cache_size,
                 no_cache=args.no_cache,
                 readahead=not args.no_readahead,
+                dandi_api=args.dandi_api,
+                lindi_url_template=args.lindi_url_template,
+                no_lindi_index=args.no_lindi_index,
                 xarray=args.xarray,
                 uid=args.uid,
                 gid=args.gid,

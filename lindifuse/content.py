@@ -115,6 +115,11 @@ class ContentService:
         node.size = r.size
         return r
 
+    def container_of(self, node: Node) -> Container:
+        """The container whose templates and safety rules resolve ``node``'s reference: the
+        mount's one container here; a dandiset mount answers the node's asset."""
+        return self.container
+
     def set_overrides(self, overrides: dict[str, Any]) -> None:
         """Serve ``overrides[key]`` (a reference value or a ``Derived``) instead of the key's
         own reference. Only the --xarray view uses this; without it lookups are unchanged."""
@@ -151,9 +156,10 @@ class ContentService:
         if isinstance(ref, Inline):
             stored = len(ref.data)
             return Resolved(ref.data, None, 0, stored, await self._padded(node, stored))
-        target = expand_templates(ref.target, self.container.rset.templates)
+        container = self.container_of(node)
+        target = expand_templates(ref.target, container.rset.templates)
         try:
-            loc = self.container.resolve(target)
+            loc = container.resolve(target)
         except RefError as e:
             raise RefError(f"{node.key}: {e}") from None
         size = ref.size

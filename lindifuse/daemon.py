@@ -36,7 +36,13 @@ log = logging.getLogger(__name__)
 
 
 class FileSystem:
-    """Everything one mount owns; ``aclose`` releases it (and, when writable, flushes)."""
+    """Everything one mount owns; ``aclose`` releases it (and, when writable, flushes).
+
+    ``tree`` (default: built from the container's keys) and ``content_class`` let a dandiset
+    mount (``lindifuse.dandimount``) graft its assets' keys lazily under one tree.
+    """
+
+    content_class: type[ContentService] = ContentService
 
     def __init__(
         self,
@@ -50,6 +56,7 @@ class FileSystem:
         fetcher: Fetcher | None = None,
         disk: AsyncDiskCache | None = None,
         readahead: bool = True,
+        tree: Tree | None = None,
     ) -> None:
         self.container = container
         self.http = http
@@ -59,7 +66,7 @@ class FileSystem:
         self.fetcher = fetcher if fetcher is not None else Fetcher(http, cache, disk)
         self.read_only = read_only
         t0 = time.monotonic()
-        self.tree = Tree.from_keys(container.rset.refs.keys())
+        self.tree = tree if tree is not None else Tree.from_keys(container.rset.refs.keys())
         log.info(
             "tree: %d files, %d directories in %.2fs",
             self.tree.nfiles,
@@ -79,7 +86,7 @@ class FileSystem:
         self.ext_refs: dict[str, Any] = {}
         self.ext_links = self._find_external_links()
         self._ext_loading: dict[int, trio.Event] = {}
-        self.content = ContentService(
+        self.content = self.content_class(
             container, http, local, cache, fetcher=self.fetcher, get_value=self._value
         )
         if readahead:
@@ -116,12 +123,19 @@ class FileSystem:
         except KeyError:
             return self.ext_refs[key]
 
-    def _find_external_links(self) -> dict[int, dict[str, str]]:
+    def _find_external_links(
+        self, refs: dict[str, Any] | None = None, prefix: str = ""
+    ) -> dict[int, dict[str, str]]:
+        """Directories holding an ``_EXTERNAL_ARRAY_LINK`` among ``refs`` (default: the
+        container's), whose keys sit under ``prefix`` in the tree."""
         links: dict[int, dict[str, str]] = {}
-        for key, value in self.container.rset.refs.items():
+        for key, value in (self.container.rset.refs if refs is None else refs).items():
             if key.endswith(".zattrs") and (key == ".zattrs" or key.endswith("/.zattrs")):
                 link = find_link(value)
-                node = self.tree.by_key(key.rpartition("/")[0]) if link else None
+                where = key.rpartition("/")[0]
+                if prefix:
+                    where = f"{prefix}/{where}" if where else prefix
+                node = self.tree.by_key(where) if link else None
                 if link and node is not None:
                     links[node.inode] = link
         if links:
@@ -141,8 +155,9 @@ class FileSystem:
             return
         ev = self._ext_loading[node.inode] = trio.Event()
         try:
-            target = expand_templates(link["url"], self.container.rset.templates)
-            loc = self.container.resolve(target)
+            container = self.content.container_of(node)
+            target = expand_templates(link["url"], container.rset.templates)
+            loc = container.resolve(target)
             t0 = time.monotonic()
             opener = None
             if loc.remote:
@@ -345,6 +360,12 @@ def _restrict(container: Container, opts: Any, http: HttpClient) -> None:
 async def build_filesystem(opts: Any, progress: Any = None) -> FileSystem:
     """The file system for ``opts``; ``progress(objects, chunks)`` reports the indexing of an
     HDF5 source (from a worker thread)."""
+    from .dandiset import parse_target
+
+    if parse_target(opts.source) is not None:
+        from .dandimount import build_dandiset_filesystem
+
+        return await build_dandiset_filesystem(opts)
     http = HttpClient(
         timeout=getattr(opts, "timeout", None) or DEFAULT_TIMEOUT,
         offline=getattr(opts, "offline", False),

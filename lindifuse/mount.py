@@ -42,6 +42,9 @@ class MountOptions:
     cache_size: int | None = None  # its bound (default min(10 GiB, 10% of free space))
     no_cache: bool = False  # no persistent chunk cache
     readahead: bool = True  # read-ahead of sibling chunks on sequential reads
+    dandi_api: str | None = None  # DANDI API root for dandi:// sources (default: the public one)
+    lindi_url_template: str | None = None  # where a dandiset's LINDI indexes are
+    no_lindi_index: bool = False  # index NWB assets from their HDF5 files only
     xarray: bool = False  # serve the xarray view (lindifuse.xview); implies read-only
     uid: int | None = None  # -o uid=: owner shown for every file (default: the daemon's)
     gid: int | None = None  # -o gid=

@@ -281,6 +281,10 @@ class HttpClient:
         self.dandi = dandi if dandi is not None else DandiResolver.from_env()
         self.validators: dict[str, str | None] = {}  # logical URL -> validator (None: none)
         self.sizes: dict[str, int] = {}  # logical URL -> total size, when a response said
+        # Logical URLs whose version is known without asking (a DANDI asset id never changes
+        # content): their validator is this, whatever the server that answers says.
+        self.pinned: dict[str, str] = {}
+        self._origin_validators: dict[str, str | None] = {}  # of pinned URLs, as served
         self._probes: dict[str, trio.Event] = {}
         self._resolving: dict[str, trio.Event] = {}
         self._host_limits: dict[str, trio.Semaphore] = {}
@@ -461,10 +465,13 @@ class HttpClient:
         with another one means the object was replaced on the server, and its bytes would mix
         two versions (VersionChanged; the caller serves nothing from it)."""
         got = _validator_of(headers)
-        if url not in self.validators:
-            self.validators[url] = got
+        # A URL pinned by the caller (pin()) is cached under the caller's validator; the
+        # server's own validator is still watched, apart, for a change.
+        seen = self._origin_validators if url in self.pinned else self.validators
+        if url not in seen:
+            seen[url] = got
         else:
-            pinned = self.validators[url]
+            pinned = seen[url]
             if pinned is not None and got is not None and got != pinned:
                 self.stats.version_changes += 1
                 self.stats.errors += 1
@@ -521,6 +528,12 @@ class HttpClient:
             (OSError, http.client.HTTPException),
             lambda got: got[1].get("retry-after"),
         )
+
+    def pin(self, url: str, validator: str, size: int) -> None:
+        """Declare the version and size of ``url`` (no probe request; cached bytes are kept and
+        found under ``validator``, also offline)."""
+        self.pinned[url] = self.validators[url] = validator
+        self.sizes[url] = size
 
     async def validator(self, url: str) -> str | None:
         """The validator of ``url`` for this mount: known from an earlier response, else probed
@@ -586,7 +599,7 @@ class HttpClient:
                     f"{url}: range {offset}-{end} runs past the end of the object (size {total})"
                 )
             self.stats.bytes += len(body)
-            return body, _validator_of(headers)
+            return body, self.pinned.get(url) or _validator_of(headers)
         if status == 200:
             # The server ignored Range: the body is the whole object; slice it.
             self.stats.full_body_fallbacks += 1
@@ -596,7 +609,7 @@ class HttpClient:
                     f"{url}: range {offset}-{end} runs past the end of the object "
                     f"(size {len(body)})"
                 )
-            return body[offset : offset + size], _validator_of(headers)
+            return body[offset : offset + size], self.pinned.get(url) or _validator_of(headers)
         self.stats.errors += 1
         if status == 416:
             raise RefError(f"{url}: range {offset}-{end} not satisfiable (HTTP 416)")
@@ -610,6 +623,16 @@ class HttpClient:
             raise RefError(f"{url}: HTTP {resp.status_code} {resp.reason_phrase}".rstrip())
         self.stats.bytes += len(resp.content)
         return resp.content
+
+    async def get_doc(self, url: str, method: str = "GET") -> tuple[int, bytes]:
+        """(status, body) of a plain request for a document (a DANDI API answer, a LINDI index):
+        retried like every request, the API key sent to API hosts only, redirects followed,
+        but not resolved as an asset URL (an API page is not a redirect to data). Statuses
+        other than 5xx/429 are the caller's to judge; RefError when retries run out."""
+        resp = await self._send(url, self.dandi.auth_headers(url), method)
+        if resp.status_code == 200:
+            self.stats.bytes += len(resp.content)
+        return resp.status_code, resp.content
 
     async def get_head(self, url: str, size: int) -> tuple[bytes, int | None]:
         """First ``size`` bytes (or fewer if the object is shorter) and the object's total size."""

@@ -174,6 +174,28 @@ class Tree:
     def ndirs(self) -> int:
         return len(self._dirs)
 
+    # -- lazily grafted sub-trees (dandiset mounts) ---------------------------------------------
+
+    def ensure_dir(self, path: str) -> Node | None:
+        """Directory node for ``path`` (created with its parents); None if a file is in the way."""
+        return self._ensure_dir(path)
+
+    def graft(self, node: Node, keys: Iterable[str]) -> list[str]:
+        """Add ``keys`` (relative to directory ``node``) below it, as ``from_keys`` would;
+        returns the keys that conflict with a directory (the directory wins)."""
+        conflicts: list[str] = []
+        base = node.key
+        for key in keys:
+            parent_path, _, name = key.rpartition("/")
+            full_parent = f"{base}/{parent_path}" if parent_path else base
+            parent = self._dirs.get(full_parent) or self._ensure_dir(full_parent)
+            if parent is None or name in parent.children:  # type: ignore[operator]
+                if parent is None or parent.children[name].is_dir:  # type: ignore[index]
+                    conflicts.append(key)
+                continue
+            self._add(parent, name, f"{full_parent}/{name}", is_dir=False)
+        return conflicts
+
     # -- mutations (writable mounts) -------------------------------------------------------------
 
     def add_file(self, parent: Node, name: str) -> Node:

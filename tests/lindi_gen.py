@@ -574,13 +574,21 @@ def _dump_ts(obj) -> dict:
     return d
 
 
-def dump_nwb(source: str, through_lindi: bool) -> None:
+def dump_nwb(source: str, through_lindi: bool, zarr_dir: bool = False) -> None:
+    """pynwb's view of an NWB file as JSON: read with h5py, through lindi from a LINDI file
+    (``--lindi``), or through lindi on a zarr 2 DirectoryStore of a Zarr folder
+    (``--zarr-dir``: e.g. a mounted dandiset asset's directory)."""
     import warnings
 
     import pynwb
 
     warnings.simplefilter("ignore")
-    f = _open(source) if through_lindi else h5py.File(source, "r")
+    if zarr_dir:
+        import zarr
+
+        f = lindi.LindiH5pyFile.from_zarr_store(zarr.DirectoryStore(source))
+    else:
+        f = _open(source) if through_lindi else h5py.File(source, "r")
     try:
         with pynwb.NWBHDF5IO(file=f, mode="r") as io:
             nwb = io.read()
@@ -661,6 +669,7 @@ def main(argv=None) -> int:
     a = sub.add_parser("dump-nwb")
     a.add_argument("source")
     a.add_argument("--lindi", action="store_true")
+    a.add_argument("--zarr-dir", action="store_true")
     args = p.parse_args(argv)
     if args.cmd == "make-h5":
         make_h5(args.out, args.external_link)
@@ -689,7 +698,7 @@ def main(argv=None) -> int:
     elif args.cmd == "make-nwb-many":
         make_nwb_many(args.out, args.series)
     elif args.cmd == "dump-nwb":
-        dump_nwb(args.source, args.lindi)
+        dump_nwb(args.source, args.lindi, args.zarr_dir)
     return 0
 
 
