@@ -26,7 +26,7 @@ from .disk_cache import AsyncDiskCache, DiskCache, default_cache_dir, default_ca
 from .errors import RefError, SourceError
 from .fetch import Fetcher, ReadAhead
 from .fs import LindiOperations, WritableOperations
-from .h5link import chunk_refs, find_link
+from .hdf5.extlink import chunk_refs, find_link
 from .refs import expand_templates
 from .sources import DEFAULT_TIMEOUT, HostRule, HttpClient, LocalFiles, is_url
 from .tree import Node, Tree

@@ -66,7 +66,7 @@ def chunk_refs(
         ds = f[name if name.startswith("/") else "/" + name]
         if not isinstance(ds, h5py.Dataset) or ds.chunks is None:
             raise ValueError(f"{name} is not a chunked dataset")
-        from .hdf5.indexer import add_chunk_refs
+        from .indexer import add_chunk_refs
 
         out: dict[str, list[Any]] = {}
         add_chunk_refs(out, "", ds, tuple(ds.chunks), ref_target)
