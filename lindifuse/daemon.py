@@ -357,6 +357,23 @@ def _restrict(container: Container, opts: Any, http: HttpClient) -> None:
         container.hosts = http.hosts
 
 
+def http_client(opts: Any) -> HttpClient:
+    """The mount's HTTP client, as the options ask (--timeout, --offline, --allowed-hosts)."""
+    return HttpClient(
+        timeout=getattr(opts, "timeout", None) or DEFAULT_TIMEOUT,
+        offline=getattr(opts, "offline", False),
+        allowed_hosts=HostRule(getattr(opts, "allowed_hosts", None) or ()),
+    )
+
+
+async def close_clients(http: HttpClient, local: LocalFiles, disk: AsyncDiskCache | None) -> None:
+    """Release what a file system under construction opened (it failed to build)."""
+    if disk is not None:
+        await disk.aclose()
+    await http.aclose()
+    local.close()
+
+
 async def build_filesystem(opts: Any, progress: Any = None) -> FileSystem:
     """The file system for ``opts``; ``progress(objects, chunks)`` reports the indexing of an
     HDF5 source (from a worker thread)."""
@@ -366,11 +383,7 @@ async def build_filesystem(opts: Any, progress: Any = None) -> FileSystem:
         from .dandimount import build_dandiset_filesystem
 
         return await build_dandiset_filesystem(opts)
-    http = HttpClient(
-        timeout=getattr(opts, "timeout", None) or DEFAULT_TIMEOUT,
-        offline=getattr(opts, "offline", False),
-        allowed_hosts=HostRule(getattr(opts, "allowed_hosts", None) or ()),
-    )
+    http = http_client(opts)
     local = LocalFiles()
     cache = MemoryCache(opts.memory_cache)
     disk = await open_disk_cache(opts)
@@ -403,10 +416,7 @@ async def build_filesystem(opts: Any, progress: Any = None) -> FileSystem:
             _log_index(container)
         _restrict(container, opts, http)
     except BaseException:
-        if disk is not None:
-            await disk.aclose()
-        await http.aclose()
-        local.close()
+        await close_clients(http, local, disk)
         raise
     fs = FileSystem(container, http, local, cache, read_only=True, **extra)
     await apply_xarray_view(fs, opts)

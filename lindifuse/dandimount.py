@@ -394,7 +394,7 @@ class DandisetFileSystem(FileSystem):
 async def build_dandiset_filesystem(opts: Any) -> Any:
     """List the dandiset ``opts.source`` names and build its file system (nothing is loaded
     beyond the listing). SourceError (one line) when the dandiset cannot be listed."""
-    from .daemon import hdf5_settings, open_disk_cache
+    from .daemon import close_clients, hdf5_settings, http_client, open_disk_cache
     from .disk_cache import default_cache_dir
 
     target = parse_target(opts.source)
@@ -406,13 +406,7 @@ async def build_dandiset_filesystem(opts: Any) -> Any:
     if not getattr(opts, "no_lindi_index", False):
         template = getattr(opts, "lindi_url_template", None) or DEFAULT_LINDI_TEMPLATE
         index_url(template, target.dandiset, "draft", "0")  # a bad template fails now
-    from .sources import DEFAULT_TIMEOUT, HostRule
-
-    http = HttpClient(
-        timeout=getattr(opts, "timeout", None) or DEFAULT_TIMEOUT,
-        offline=getattr(opts, "offline", False),
-        allowed_hosts=HostRule(getattr(opts, "allowed_hosts", None) or ()),
-    )
+    http = http_client(opts)
     host = api_host(api)
     if host not in http.dandi.hosts:
         http.dandi.hosts = (*http.dandi.hosts, host)
@@ -439,8 +433,5 @@ async def build_dandiset_filesystem(opts: Any) -> Any:
             hdf5=hdf5_settings(opts),
         )
     except BaseException:
-        if disk is not None:
-            await disk.aclose()
-        await http.aclose()
-        local.close()
+        await close_clients(http, local, disk)
         raise
