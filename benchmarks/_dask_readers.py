@@ -26,6 +26,14 @@ def _h5(url: str):
     return f
 
 
+def close_all() -> None:
+    """Close the files this process opened (h5py over a Python file object can crash at
+    interpreter exit if left to the garbage collector)."""
+    while _FILES:
+        _, f = _FILES.popitem()
+        f.close()
+
+
 class RemoteH5:
     """``dataset`` of the HDF5 file at ``url``, read with h5py + remfile in the worker."""
 
