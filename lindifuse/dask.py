@@ -459,5 +459,5 @@ class LindifuseMount(WorkerPlugin):
                 return
         try:
             node.ensure()
-        except MountError as e:
+        except (MountError, OSError) as e:
             log.error("%s", e)  # the task itself then fails reading the mount
