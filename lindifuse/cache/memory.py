@@ -66,6 +66,10 @@ class MemoryCache:
         if old is not None:
             self.nbytes -= len(old)
 
+    def inflight_keys(self) -> list[Hashable]:
+        """Keys being fetched now (by ``get`` or claimed with ``begin``)."""
+        return list(self._inflight)
+
     # -- in-flight entries filled by someone else (read-ahead fetching several keys at once) --
 
     def begin(self, key: Hashable) -> _InFlight | None:

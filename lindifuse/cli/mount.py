@@ -13,8 +13,8 @@ from lindifuse.cli import args as args_types
 MOUNT_EPILOG = """\
 -o options (comma-separated, repeatable; the spelling fstab and mount(8) use):
   every long option above without its dashes, '-' as '_': ro, rw, foreground, cache_dir=DIR,
-  cache_size=SIZE, no_cache, no_readahead, memory_cache=SIZE, log_file=FILE, log_level=LEVEL,
-  pid_file=FILE, uid=UID, gid=GID, umask=MASK; the FUSE options allow_other, allow_root,
+  cache_size=SIZE, no_cache, allow_remote_cache, no_readahead, memory_cache=SIZE, log_file=FILE,
+  log_level=LEVEL, pid_file=FILE, uid=UID, gid=GID, umask=MASK; the FUSE options allow_other, allow_root,
   default_permissions (always on), auto_unmount and the flags nosuid, nodev, noexec, noatime,
   sync; ignored like sshfs does: defaults, auto, noauto, user, users, nofail, _netdev, x-systemd.*,
   x-gvfs-* and other x-* options. Anything else is an error.
@@ -130,6 +130,15 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         help="no persistent cache: remote chunks are kept in memory only",
     )
     p.add_argument(
+        "--allow-remote-cache",
+        action="store_true",
+        help="use a --cache-dir on a network file system (NFS, CIFS/SMB, Lustre, GPFS, BeeGFS, "
+        "CephFS, AFS, 9p, or a network FUSE file system such as sshfs or s3fs) anyway. Without "
+        "it such a cache directory is refused: the cache is SQLite in WAL mode, whose locking "
+        "and shared memory work only within one machine, so two nodes sharing it can corrupt "
+        "it or hang. On a cluster give each node a cache on its local disk",
+    )
+    p.add_argument(
         "--no-readahead",
         action="store_true",
         help="do not prefetch the next chunks of an array that is read sequentially",
@@ -217,6 +226,7 @@ def run(args: argparse.Namespace) -> int:
         cache_dir=os.path.abspath(args.cache_dir) if args.cache_dir else None,
         cache_size=args.cache_size,
         no_cache=args.no_cache,
+        allow_remote_cache=args.allow_remote_cache,
         readahead=not args.no_readahead,
         dandi_api=args.dandi_api,
         lindi_url_template=args.lindi_url_template,

@@ -8,7 +8,9 @@
    window (``merge_window``, default 1 ms) for other misses of the same URL; the batch is then
    planned (:func:`plan_merges`: neighbouring ranges with gaps of at most ``merge_gap`` bytes
    join one span of at most ``merge_max`` bytes) and each span costs one range request, whose
-   body is split back into the ranges asked for (each also stored on disk).
+   body is split back into the ranges asked for (each also stored on disk). A gap is not
+   bridged over bytes this mount already served or that another request is fetching, so readers
+   sharing the mount (the Dask workers of a node) never make the origin send a byte twice.
 
 Read-ahead for sequential readers (``lindifuse.fs.readahead``) feeds this fetcher through
 :meth:`Fetcher.prefetch`, bounded by ``readahead_active`` windows in flight.
@@ -25,8 +27,9 @@ is never mixed with the cached one: see ``HttpClient._note``).
 
 from __future__ import annotations
 
+import bisect
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,21 +61,67 @@ class Span:
         return self.end - self.start
 
 
+class IntervalSet:
+    """Byte intervals ``[start, end)`` as sorted disjoint runs (touching ones merge), so a
+    sequential read of a whole file is one run. ``overlaps`` is a binary search."""
+
+    __slots__ = ("_starts", "_ends")
+
+    def __init__(self, intervals: Iterable[tuple[int, int]] = ()) -> None:
+        self._starts: list[int] = []
+        self._ends: list[int] = []
+        for start, end in intervals:
+            self.add(start, end)
+
+    def add(self, start: int, end: int) -> None:
+        if end <= start:
+            return
+        i = bisect.bisect_left(self._ends, start)  # first run ending at or after start
+        j = bisect.bisect_right(self._starts, end)  # runs starting at or before end
+        if i < j:
+            start, end = min(start, self._starts[i]), max(end, self._ends[j - 1])
+        self._starts[i:j] = [start]
+        self._ends[i:j] = [end]
+
+    def overlaps(self, start: int, end: int) -> bool:
+        """Some byte of ``[start, end)`` is in the set."""
+        i = bisect.bisect_right(self._ends, start)  # first run ending after start
+        return i < len(self._starts) and self._starts[i] < end and start < end
+
+    def runs(self) -> list[tuple[int, int]]:
+        return list(zip(self._starts, self._ends, strict=True))
+
+    def __len__(self) -> int:
+        return len(self._starts)
+
+
 def plan_merges(
-    ranges: Iterable[tuple[int, int]], max_gap: int = MERGE_GAP, max_size: int = MERGE_MAX
+    ranges: Iterable[tuple[int, int]],
+    max_gap: int = MERGE_GAP,
+    max_size: int = MERGE_MAX,
+    blocked: Callable[[int, int], bool] | None = None,
 ) -> list[Span]:
     """Group (offset, size) ranges of one URL into request spans.
 
     Ranges are sorted and deduplicated; a range joins the current span when the gap from the
     span's end is at most ``max_gap`` (overlaps count as gap 0) and the grown span stays within
     ``max_size``. A range larger than ``max_size`` is a span of its own (never split).
+
+    ``blocked(start, end)`` says that bytes of a gap are already held or being fetched (cached
+    chunks, another reader's request in flight): such a gap is not bridged, so no byte is
+    fetched twice when several readers (the Dask workers of a node) share one mount.
     """
     spans: list[Span] = []
     cur: list[tuple[int, int]] = []
     start = end = 0
     for off, size in sorted(set(ranges)):
         r_end = off + size
-        if cur and off - end <= max_gap and max(end, r_end) - start <= max_size:
+        if (
+            cur
+            and off - end <= max_gap
+            and max(end, r_end) - start <= max_size
+            and (off <= end or blocked is None or not blocked(end, off))
+        ):
             cur.append((off, size))
             end = max(end, r_end)
             continue
@@ -149,6 +198,7 @@ class Fetcher:
         self.readahead_active = readahead_active
         self._noted: dict[str, str] = {}  # URL -> validator recorded in the disk cache
         self._stale: dict[str, str] = {}  # URL -> why its cached bytes are served unconfirmed
+        self._held: dict[str, IntervalSet] = {}  # URL -> byte ranges served from disk or network
 
     # -- background tasks ------------------------------------------------------------------
 
@@ -245,6 +295,7 @@ class Fetcher:
             if data is not None:
                 if url in self._stale:
                     self.stats.stale_served += 1
+                self._hold(url, offset, size)
                 return data
         try:
             return await self._batched(url, offset, size)
@@ -329,10 +380,10 @@ class Fetcher:
             # The leader was cancelled before serving us: try again (maybe as the leader).
 
     async def _run_batch(self, url: str, waiters: list[_Waiter]) -> None:
-        spans = plan_merges(((w.offset, w.size) for w in waiters), self.merge_gap, self.merge_max)
         by_range: dict[tuple[int, int], list[_Waiter]] = {}
         for w in waiters:
             by_range.setdefault((w.offset, w.size), []).append(w)
+        spans = plan_merges(by_range, self.merge_gap, self.merge_max, self._blocked(url, by_range))
 
         def deliver(rng: tuple[int, int], data: bytes | None, err: BaseException | None) -> None:
             for w in by_range.get(rng, ()):
@@ -367,6 +418,7 @@ class Fetcher:
             mv = memoryview(body)
             for off, size in span.ranges:
                 piece = body if len(span.ranges) == 1 else bytes(mv[off - span.start :][:size])
+                self._hold(url, off, size)
                 deliver((off, size), piece, None)
                 pieces.append((off, size, piece))
             if self.disk is not None and validator is not None:
@@ -379,6 +431,27 @@ class Fetcher:
         async with trio.open_nursery() as nursery:
             for span in spans:
                 nursery.start_soon(one, span)
+
+    def _hold(self, url: str, offset: int, size: int) -> None:
+        held = self._held.get(url)
+        if held is None:
+            held = self._held[url] = IntervalSet()
+        held.add(offset, offset + size)
+
+    def _blocked(self, url: str, mine: Any) -> Callable[[int, int], bool]:
+        """For plan_merges: a gap is not bridged over bytes this mount already served (cached)
+        or that others are fetching now (memory-cache flights of ``url`` not in ``mine``)."""
+        held = self._held.get(url)
+        flying = IntervalSet(
+            (k[1], k[1] + k[2])
+            for k in self.memory.inflight_keys()
+            if type(k) is tuple and len(k) == 3 and k[0] == url and (k[1], k[2]) not in mine
+        )
+
+        def blocked(start: int, end: int) -> bool:
+            return flying.overlaps(start, end) or (held is not None and held.overlaps(start, end))
+
+        return blocked
 
     def _count(self, span: Span) -> None:
         s = self.stats
@@ -422,6 +495,7 @@ class Fetcher:
                 found = await self.disk.get_many(list(keys))
                 for k, data in found.items():
                     rng = keys[k]
+                    self._hold(url, *rng)
                     self.memory.finish((url, *rng), flights.pop(rng), data)
                     s.readahead_disk_chunks += 1
                     if url in self._stale:
@@ -429,7 +503,10 @@ class Fetcher:
             if not flights or self.http.offline:
                 return
             spans = plan_merges(
-                flights, self.merge_gap, min(span_max or self.merge_max, self.merge_max)
+                flights,
+                self.merge_gap,
+                min(span_max or self.merge_max, self.merge_max),
+                self._blocked(url, flights),
             )
             s.readahead_requests += len(spans)
 

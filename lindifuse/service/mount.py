@@ -41,6 +41,7 @@ class MountOptions:
     cache_dir: str | None = None  # persistent chunk cache (default $XDG_CACHE_HOME/lindifuse)
     cache_size: int | None = None  # its bound (default min(10 GiB, 10% of free space))
     no_cache: bool = False  # no persistent chunk cache
+    allow_remote_cache: bool = False  # accept a cache directory on a network file system
     readahead: bool = True  # read-ahead of sibling chunks on sequential reads
     dandi_api: str | None = None  # DANDI API root for dandi:// sources (default: the public one)
     lindi_url_template: str | None = None  # where a dandiset's LINDI indexes are
@@ -188,11 +189,16 @@ async def serve(opts: MountOptions) -> int:
 
     from lindifuse.service.daemon import build_filesystem
     from lindifuse.service.lifecycle import check_allow_other
+    from lindifuse.service.parts import cache_refusal
 
     ready = _Ready(opts.ready_fd)
     refusal = check_allow_other(opts.fuse_options, os.getuid())
     if refusal is not None:
         ready.error(f"{opts.mountpoint}: {refusal}")
+        return 1
+    refusal = cache_refusal(opts)
+    if refusal is not None:
+        ready.error(refusal)
         return 1
     try:
         _check_mountpoint(opts.mountpoint)

@@ -21,6 +21,25 @@ from lindifuse.sources.local import LocalFiles
 log = logging.getLogger(__name__)
 
 
+def cache_refusal(opts: Any) -> str | None:
+    """One line when the persistent cache directory is on a network file system (NFS, CIFS,
+    Lustre, GPFS, sshfs...) and ``--allow-remote-cache`` was not given, else None. SQLite's WAL
+    mode, which the cache uses, needs the locking and shared memory of one kernel."""
+    if getattr(opts, "no_cache", False) or getattr(opts, "allow_remote_cache", False):
+        return None
+    from lindifuse.cache.fstype import remote_filesystem
+
+    directory = getattr(opts, "cache_dir", None) or default_cache_dir()
+    kind = remote_filesystem(directory)
+    if kind is None:
+        return None
+    return (
+        f"{directory}: the persistent cache is on a network file system ({kind}), and SQLite's "
+        "WAL mode needs local locking: give a node-local --cache-dir (or --no-cache), or "
+        "--allow-remote-cache to use it anyway"
+    )
+
+
 async def open_disk_cache(opts: Any) -> AsyncDiskCache | None:
     """The persistent chunk cache the options ask for, or None (--no-cache, or it cannot be
     opened: then the mount works without it and says so in the log)."""
