@@ -31,7 +31,9 @@ SOURCES: dict[str, Callable[[Path, str], Path]] = {
     "nwb": lambda d, stem: d / f"{stem}.nwb",
 }
 
-OPEN = {"zarr_format": 2, "consolidated": False}
+# chunks=None: xarray's own lazy arrays, the same whether or not dask is installed
+# (the dask extra is; with it, open_zarr would hand back dask arrays).
+OPEN = {"zarr_format": 2, "consolidated": False, "chunks": None}
 
 
 @pytest.fixture(scope="module")
