@@ -132,14 +132,17 @@ class Section:
     end: int
 
 
-def scan(buf: bytes | memoryview, base: int, pos: int, limit: int) -> tuple[list[Section], int]:
+def scan(
+    buf: bytes | memoryview, base: int, pos: int, limit: int
+) -> tuple[list[Section], int, str | None]:
     """Sections whose varint and CID lie in ``buf`` (which holds the bytes from absolute
     offset ``base``), from absolute ``pos`` on, up to ``limit`` (the payload's end).
 
-    Returns (sections, next position). A section's block bytes need not be in ``buf``: its
-    length is known from its varint, and the next position may lie past the buffer (the
-    caller reads from there). CarError for a section that runs past ``limit``, a zero
-    length, or a malformed CID."""
+    Returns (sections, next position, problem). A section's block bytes need not be in
+    ``buf``: its length is known from its varint, and the next position may lie past the
+    buffer (the caller reads from there). ``problem`` (the scan stops there; the sections
+    before it are returned) names a section that runs past ``limit``, a zero length or a
+    malformed CID."""
     out: list[Section] = []
     n = len(buf)
     while pos < limit:
@@ -151,25 +154,29 @@ def scan(buf: bytes | memoryview, base: int, pos: int, limit: int) -> tuple[list
         except ValueError:
             if n - rel < 9 and base + n < limit:
                 break  # the varint straddles the buffer's end
-            raise CarError(f"bad section length at offset {pos}") from None
+            return out, pos, f"bad section length at offset {pos}"
         if length == 0:
-            raise CarError(f"empty section at offset {pos}")
+            return out, pos, f"empty section at offset {pos}"
         end = base + p + length
         if end > limit or length > MAX_SECTION:
-            raise CarError(
-                f"section at offset {pos} ({length} bytes) runs past the end of the data ({limit})"
+            return (
+                out,
+                pos,
+                (
+                    f"section at offset {pos} ({length} bytes) runs past the end of the data ({limit})"
+                ),
             )
         try:
             cid, q = parse_cid(buf, p)
         except ValueError as e:
             if n - p < 2 + 2 * 9 + 128 and base + n < limit:
                 break  # the CID may straddle the buffer's end
-            raise CarError(f"section at offset {pos}: bad CID ({e})") from None
+            return out, pos, f"section at offset {pos}: bad CID ({e})"
         if base + q > end:
-            raise CarError(f"section at offset {pos}: CID longer than the section")
+            return out, pos, f"section at offset {pos}: CID longer than the section"
         out.append(Section(cid, pos, end))
         pos = end
-    return out, pos
+    return out, pos, None
 
 
 def split_section(section: bytes, want: Cid | None = None) -> tuple[Cid, memoryview]:

@@ -111,12 +111,11 @@ async def scan_table(
         if not buf:
             problems.append(f"{where}: truncated CAR: no data at offset {pos} (size {limit})")
             break
-        try:
-            sections, nxt = scan(buf, pos, pos, limit)
-        except CarError as e:
-            problems.append(f"{where}: {e}; {len(table)} blocks before it are served")
-            break
+        sections, nxt, problem = scan(buf, pos, pos, limit)
         table.add_sections(sections)
+        if problem is not None:
+            problems.append(f"{where}: {problem}; the {len(table)} blocks before it are served")
+            break
         if nxt == pos:  # the first section header does not fit the window: the file is cut
             problems.append(f"{where}: truncated CAR: section header at offset {pos} is cut")
             break
