@@ -12,7 +12,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable
 
-from .framing import CarError, Section
+from lindifuse.formats.car.framing import CarError, Section
 
 MAGIC = b"LFCARBT1"
 _REC = struct.Struct("<HQQ")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...errors import FormatError
+from lindifuse.errors import FormatError
 
 RAW = 0x55
 DAG_PB = 0x70

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .cid import cid_from_link
+from lindifuse.formats.car.cid import cid_from_link
 
 LINK_TAG = 42
 

@@ -18,8 +18,8 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from . import dagcbor
-from .cid import Cid, parse_cid, read_varint, varint
+from lindifuse.formats.car import dagcbor
+from lindifuse.formats.car.cid import Cid, parse_cid, read_varint, varint
 
 CARV2_PRAGMA = bytes.fromhex("0aa16776657273696f6e02")
 V2_HEADER_END = len(CARV2_PRAGMA) + 40

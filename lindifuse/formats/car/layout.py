@@ -23,11 +23,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...errors import FormatError, RefError
-from ...refs import normalize_key
-from . import dagcbor, unixfs
-from .cid import DAG_CBOR, DAG_PB, RAW, Cid
-from .pieces import GetBlock, Piece, _expand, file_piece
+from lindifuse.errors import FormatError, RefError
+from lindifuse.formats.car import dagcbor, unixfs
+from lindifuse.formats.car.cid import DAG_CBOR, DAG_PB, RAW, Cid
+from lindifuse.formats.car.pieces import GetBlock, Piece, _expand, file_piece
+from lindifuse.refs import normalize_key
 
 INLINE_JSON = (".zarray", ".zgroup", ".zattrs", ".zmetadata")
 MAX_DEPTH = 256

@@ -20,10 +20,17 @@ import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from ...errors import FormatError
-from .blocks import BlockTable
-from .cid import Cid, cid_from_string
-from .framing import CarError, CarHeader, NeedMore, parse_header, read_index, scan
+from lindifuse.errors import FormatError
+from lindifuse.formats.car.blocks import BlockTable
+from lindifuse.formats.car.cid import Cid, cid_from_string
+from lindifuse.formats.car.framing import (
+    CarError,
+    CarHeader,
+    NeedMore,
+    parse_header,
+    read_index,
+    scan,
+)
 
 log = logging.getLogger(__name__)
 

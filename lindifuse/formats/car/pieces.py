@@ -18,10 +18,10 @@ import bisect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from ...errors import RefError
-from . import unixfs
-from .cid import DAG_PB, RAW, Cid
-from .verify import IDENTITY
+from lindifuse.errors import RefError
+from lindifuse.formats.car import unixfs
+from lindifuse.formats.car.cid import DAG_PB, RAW, Cid
+from lindifuse.formats.car.verify import IDENTITY
 
 GetBlock = Callable[[Cid], Awaitable[bytes]]
 MAX_DEPTH = 64

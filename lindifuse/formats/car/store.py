@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from ...errors import RefError
-from . import verify
-from .blocks import BlockTable
-from .cid import Cid
-from .framing import CarError, split_section
+from lindifuse.errors import RefError
+from lindifuse.formats.car import verify
+from lindifuse.formats.car.blocks import BlockTable
+from lindifuse.formats.car.cid import Cid
+from lindifuse.formats.car.framing import CarError, split_section
 
 Check = Callable[[bytes], None]
 Fetch = Callable[[int, int, Check], Awaitable[bytes]]

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .cid import Cid, cid_from_bytes
+from lindifuse.formats.car.cid import Cid, cid_from_bytes
 
 # UnixFS Data.Type
 RAW, DIRECTORY, FILE, METADATA, SYMLINK, HAMT_SHARD = range(6)

@@ -14,8 +14,8 @@ import hashlib
 import hmac
 from collections.abc import Callable
 
-from ...errors import RefError
-from .cid import Cid
+from lindifuse.errors import RefError
+from lindifuse.formats.car.cid import Cid
 
 IDENTITY = 0x00
 SHA2_256 = 0x12
