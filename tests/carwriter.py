@@ -149,3 +149,101 @@ def ipldstore_car(
     all_blocks = [(rc, rb), *blocks]
     car = car_v2([rc], all_blocks) if version == 2 else car_v1([rc], all_blocks)
     return car, chunks
+
+
+# -- UnixFS (dag-pb), encoded by hand from the dag-pb and unixfs.proto specs ----------------------
+
+
+def _pb_bytes(field: int, data: bytes) -> bytes:
+    return varint(field << 3 | 2) + varint(len(data)) + data
+
+
+def _pb_varint(field: int, value: int) -> bytes:
+    return varint(field << 3) + varint(value)
+
+
+def unixfs_data(kind: int, data: bytes = b"", filesize: int | None = None,
+                blocksizes: tuple[int, ...] = ()) -> bytes:  # fmt: skip
+    out = _pb_varint(1, kind)
+    if data:
+        out += _pb_bytes(2, data)
+    if filesize is not None:
+        out += _pb_varint(3, filesize)
+    for b in blocksizes:
+        out += _pb_varint(4, b)
+    return out
+
+
+def dag_pb(links: list[tuple[bytes, str | None, int]], data: bytes) -> bytes:
+    """A PBNode: Links (Hash, Name, Tsize) then Data, in dag-pb's canonical order."""
+    out = b""
+    for c, name, tsize in links:
+        body = _pb_bytes(1, c)
+        if name is not None:
+            body += _pb_bytes(2, name.encode())
+        body += _pb_varint(3, tsize)
+        out += _pb_bytes(2, body)
+    return out + _pb_bytes(1, data)
+
+
+UNIXFS_DIRECTORY, UNIXFS_FILE = 1, 2
+
+
+def unixfs_tree(
+    files: dict[str, bytes], chunk: int = 256 * 1024, fanout: int = 174
+) -> tuple[bytes, list[tuple[bytes, bytes]], dict[str, list[bytes]]]:
+    """A UnixFS directory of ``files`` (paths with ``/``): files split into raw leaves of
+    ``chunk`` bytes under a balanced tree of ``fanout`` links per node. Returns (root CID,
+    blocks, the leaf CIDs of every file in order)."""
+    blocks: list[tuple[bytes, bytes]] = []
+    leaves_of: dict[str, list[bytes]] = {}
+
+    def add(data: bytes, codec: int) -> bytes:
+        c = cid(data, codec)
+        blocks.append((c, data))
+        return c
+
+    def file_node(path: str, content: bytes) -> tuple[bytes, int]:
+        parts = [content[i : i + chunk] for i in range(0, len(content), chunk)] or [b""]
+        level = [(add(p, RAW), len(p), len(p)) for p in parts]  # (cid, content size, dag size)
+        leaves_of[path] = [c for c, _, _ in level]
+        if len(level) == 1 and len(content) > 0:
+            return level[0][0], level[0][2]
+        while True:
+            nxt = []
+            for i in range(0, len(level), fanout):
+                group = level[i : i + fanout]
+                data = unixfs_data(
+                    UNIXFS_FILE,
+                    filesize=sum(s for _, s, _ in group),
+                    blocksizes=tuple(s for _, s, _ in group),
+                )
+                node = dag_pb([(c, "", t) for c, _, t in group], data)
+                nxt.append((add(node, DAG_PB), sum(s for _, s, _ in group),
+                            len(node) + sum(t for _, _, t in group)))  # fmt: skip
+            level = nxt
+            if len(level) == 1:
+                return level[0][0], level[0][2]
+
+    def directory(tree: dict[str, Any], prefix: str) -> tuple[bytes, int]:
+        links = []
+        for name in sorted(tree):
+            sub = tree[name]
+            path = f"{prefix}{name}"
+            if isinstance(sub, dict):
+                c, t = directory(sub, path + "/")
+            else:
+                c, t = file_node(path, sub)
+            links.append((c, name, t))
+        node = dag_pb(links, unixfs_data(UNIXFS_DIRECTORY))
+        return add(node, DAG_PB), len(node) + sum(t for _, _, t in links)
+
+    nested: dict[str, Any] = {}
+    for path, content in files.items():
+        *dirs, name = path.split("/")
+        d = nested
+        for p in dirs:
+            d = d.setdefault(p, {})
+        d[name] = content
+    root, _ = directory(nested, "")
+    return root, blocks, leaves_of

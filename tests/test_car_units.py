@@ -173,8 +173,22 @@ def test_block_table_round_trip_and_cache(tmp_path: Path) -> None:
     raw = op.car.table.to_bytes()
     back = BlockTable.from_bytes(raw)
     assert len(back) == len(op.car.table)
-    for mh in list(op.car.table._loc):
-        assert back.get(mh) == op.car.table.get(mh)
+    for mh, loc in op.car.table.items():
+        assert back.get(mh) == loc
+    assert sorted(back.items()) == sorted(op.car.table.items())
+    assert back.get(b"\x12\x20" + bytes(32)) is None
+    # a digest ending in NUL bytes (numpy's S dtype strips them) is still found
+    t = BlockTable()
+    t.add_sections(
+        [(b"\x12\x02a\x00", 5, 9), (b"\x12\x02a\x01", 10, 20), (b"\x12\x02\x00\x00", 1, 2)]
+    )
+    t2 = BlockTable.from_bytes(t.to_bytes())
+    assert [t2.get(m) for m in (b"\x12\x02a\x00", b"\x12\x02a\x01", b"\x12\x02\x00\x00")] == [
+        (5, 9),
+        (10, 20),
+        (1, 2),
+    ]
+    assert t2.get(b"\x12\x02a") is None and sorted(t2.items()) == sorted(t.items())
     with pytest.raises(ValueError):
         BlockTable.from_bytes(raw[:-3])
     cache = TableCache(str(tmp_path))

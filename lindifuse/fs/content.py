@@ -19,6 +19,10 @@ from typing import Any, Protocol
 
 from lindifuse.cache.memory import MemoryCache
 from lindifuse.errors import RefError
+from lindifuse.formats.car import pieces
+from lindifuse.formats.car.cid import RAW, Cid
+from lindifuse.formats.car.layout import CarFile
+from lindifuse.formats.car.store import CarBlocks
 from lindifuse.formats.container import Container, Location
 from lindifuse.fs.fetch import Fetcher
 from lindifuse.fs.tree import Node
@@ -49,9 +53,12 @@ class Resolved:
     offset: int
     stored: int
     size: int
+    car: CarFile | None = None  # a file of verified CAR blocks (lindifuse.formats.car)
 
     def describe(self) -> Any:
         """The JSON form shown in the ``user.lindi.ref`` extended attribute."""
+        if self.car is not None:
+            return {"car": str(self.car.cid)}
         if self.loc is None:
             return "inline"
         return [self.loc.where, self.offset, self.stored]
@@ -110,6 +117,7 @@ class ContentService:
         self._get_value = get_value or container.rset.refs.__getitem__
         self._sizes: dict[str, int] = {}  # sizes of whole-target references
         self._local_sizes: dict[str, int] = {}  # checked sizes of local targets
+        self._car_blocks: CarBlocks | None = None
 
     async def resolve(self, node: Node) -> Resolved:
         cached = node.extra
@@ -158,7 +166,38 @@ class ContentService:
             raise RefError(f"{node.key}: cannot convert for the xarray view: {e}") from None
         return Resolved(data, None, 0, len(data), len(data))
 
+    def _car_store(self) -> CarBlocks:
+        if self._car_blocks is None:
+            from lindifuse.fs.carfetch import VerifiedFetch
+
+            c = self.container
+            fetch = VerifiedFetch(c.source, c.remote, self.fetcher, self.local, self.cache)
+            self._car_blocks = CarBlocks(c.index.archive.table, fetch, c.source)
+        return self._car_blocks
+
+    async def _car_get(self, cid: Cid) -> bytes:
+        """A verified block of the mounted CAR (see lindifuse.fs.carfetch)."""
+        return await self._car_store().get(cid)
+
+    def _car_size_hint(self, value: CarFile) -> int | None:
+        """The size of a file without reading a block: known from its link or parent, or, for
+        a raw block of a scanned CAR, from its section's extent (checked when read)."""
+        piece = value.piece
+        if piece.size is None and piece.cid is not None and piece.cid.codec == RAW:
+            piece.size = self._car_store().table.data_size(piece.cid.raw, piece.cid.mh)
+        return piece.size
+
+    async def _resolve_car(self, node: Node, value: CarFile) -> Resolved:
+        try:
+            self._car_size_hint(value)
+            size = await pieces.resolve_size(value.piece, self._car_get)
+        except RefError as e:
+            raise RefError(f"{node.key}: {e}") from None
+        return Resolved(None, None, 0, size, size, value)
+
     async def _resolve_value(self, node: Node, value: Any) -> Resolved:
+        if type(value) is CarFile:
+            return await self._resolve_car(node, value)
         if type(value) is Derived:
             return await self._resolve_derived(node, value)
         ref = decode_value(node.key, value)
@@ -264,6 +303,14 @@ class ContentService:
         if node.size >= 0:
             return node.size
         value = self._get_value(node.key)
+        if type(value) is CarFile:
+            try:
+                hint = self._car_size_hint(value)
+            except RefError as e:
+                raise RefError(f"{node.key}: {e}") from None
+            if hint is not None:
+                node.size = hint  # from the link, the parent node or the block table
+                return node.size
         if type(value) is list and len(value) == 3:
             # Fast path for listings: the size is in the reference; no need to resolve it.
             node.size = await self._padded(node, value[2])
@@ -281,6 +328,11 @@ class ContentService:
         end = min(offset + size, r.size)
         if offset >= end:
             return b""
+        if r.car is not None:
+            try:
+                return await pieces.read(r.car.piece, offset, end - offset, self._car_get)
+            except RefError as e:
+                raise RefError(f"{node.key}: {e}") from None
         stored_end = min(end, r.stored)
         data = b""
         if offset < stored_end:

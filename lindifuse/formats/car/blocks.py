@@ -11,43 +11,91 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable
+from typing import Any
 
-from lindifuse.formats.car.framing import CarError, Section
+from lindifuse.formats.car.cid import varint
+from lindifuse.formats.car.framing import CarError
 
-MAGIC = b"LFCARBT1"
-_REC = struct.Struct("<HQQ")
+MAGIC = b"LFCARBT3"
 
 
 class BlockTable:
-    """Where each block's section lies: ``get(mh)`` -> (start, bound), absolute offsets."""
+    """Where each block's section lies: ``get(mh)`` -> (start, bound), absolute offsets.
 
-    __slots__ = ("_loc",)
+    Filled by a scan or an index as a dict; read back from the cache as sorted numpy arrays
+    (one per multihash length) searched by bisection, so loading the table of a CAR of
+    100,000 blocks creates no per-block Python object (a few milliseconds)."""
 
-    def __init__(self) -> None:
-        self._loc: dict[bytes, tuple[int, int]] = {}
+    __slots__ = ("_loc", "_groups", "_count", "exact")
+
+    def __init__(self, exact: bool = True) -> None:
+        self._loc: dict[bytes, tuple[int, int]] | None = {}
+        # width -> (sorted digests 'S<width>', starts, bounds), for a table loaded from bytes
+        self._groups: dict[int, tuple[Any, Any, Any]] = {}
+        self._count = 0
+        # True: each extent is exactly its section (scanned); False: an upper bound (an index)
+        self.exact = exact
 
     def __len__(self) -> int:
-        return len(self._loc)
+        return len(self._loc) if self._loc is not None else self._count
 
     def __contains__(self, mh: bytes) -> bool:
-        return mh in self._loc
+        return self.get(mh) is not None
 
     def get(self, mh: bytes) -> tuple[int, int] | None:
-        return self._loc.get(mh)
+        if self._loc is not None:
+            return self._loc.get(mh)
+        group = self._groups.get(len(mh))
+        if group is None:
+            return None
+        keys, starts, bounds = group
+        # numpy's S dtype drops trailing NUL bytes of an element; at one width, equality of
+        # the stripped forms is equality of the multihashes (and the order is bytes order)
+        i = int(keys.searchsorted(mh))
+        if i < len(keys) and keys[i] == mh.rstrip(b"\0"):
+            return int(starts[i]), int(bounds[i])
+        return None
 
-    def add_sections(self, sections: Iterable[Section]) -> None:
+    def items(self) -> list[tuple[bytes, tuple[int, int]]]:
+        if self._loc is not None:
+            return list(self._loc.items())
+        out = []
+        for width, (keys, starts, bounds) in self._groups.items():
+            mhs = [k.ljust(width, b"\0") for k in keys.tolist()]
+            out.extend(zip(mhs, zip(starts.tolist(), bounds.tolist(), strict=True), strict=True))
+        return out
+
+    def add_sections(self, sections: Iterable[tuple[bytes, int, int]]) -> None:
+        """(multihash, start, end) of scanned sections; a repeated block: the first serves."""
         loc = self._loc
-        for s in sections:
-            mh = s.cid.mh
-            if mh not in loc:  # a repeated block: the first copy serves
-                loc[mh] = (s.start, s.end)
+        assert loc is not None, "a table read back from the cache is not added to"
+        for mh, start, end in sections:
+            if mh not in loc:
+                loc[mh] = (start, end)
+
+    def data_size(self, cid_raw: bytes, mh: bytes) -> int | None:
+        """The block size of an exactly known section whose CID is ``cid_raw`` (the reader
+        checks it again when the block is read): lets a listing show the size of a raw chunk
+        without reading it. None when unknown."""
+        loc = self.get(mh)
+        if loc is None or not self.exact:
+            return None
+        total = loc[1] - loc[0]
+        for k in range(1, 10):
+            length = total - k
+            if length >= 0 and len(varint(length)) == k:
+                size = length - len(cid_raw)
+                return size if size >= 0 else None
+        return None
 
     @classmethod
     def from_index(
         cls, pairs: Iterable[tuple[bytes, int]], payload: int, first: int, end: int
     ) -> BlockTable:
         """From CARv2 index pairs (multihash, offset relative to the payload)."""
-        table = cls()
+        table = cls(exact=False)
+        loc = table._loc
+        assert loc is not None
         items = sorted((payload + off, mh) for mh, off in pairs)
         for i, (start, mh) in enumerate(items):
             if not first <= start < end:
@@ -58,37 +106,55 @@ class BlockTable:
                 j += 1
             if j < len(items):
                 bound = items[j][0]
-            table._loc.setdefault(mh, (start, bound))
+            loc.setdefault(mh, (start, bound))
         return table
 
     def to_bytes(self) -> bytes:
-        parts = [MAGIC, struct.pack("<I", len(self._loc))]
-        pack = _REC.pack
-        for mh, (start, bound) in self._loc.items():
-            parts.append(pack(len(mh), start, bound))
-            parts.append(mh)
+        """MAGIC, count, exact flag, group count; per group (multihashes of one length):
+        width (u16) and count (u32), the sorted multihashes, then starts and bounds (u64 LE)."""
+        import numpy as np
+
+        by_width: dict[int, list[tuple[bytes, tuple[int, int]]]] = {}
+        for mh, loc in self.items():
+            by_width.setdefault(len(mh), []).append((mh, loc))
+        parts = [MAGIC, struct.pack("<IBH", len(self), 1 if self.exact else 0, len(by_width))]
+        for width, rows in sorted(by_width.items()):
+            rows.sort()
+            parts.append(struct.pack("<HI", width, len(rows)))
+            parts.append(b"".join(mh for mh, _ in rows))
+            parts.append(np.array([r[1][0] for r in rows], dtype="<u8").tobytes())
+            parts.append(np.array([r[1][1] for r in rows], dtype="<u8").tobytes())
         return b"".join(parts)
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> BlockTable:
         """Inverse of ``to_bytes``; ValueError when ``raw`` is not such a table."""
-        if not raw.startswith(MAGIC) or len(raw) < len(MAGIC) + 4:
+        import numpy as np
+
+        if not raw.startswith(MAGIC) or len(raw) < len(MAGIC) + 7:
             raise ValueError("not a CAR block table")
-        (count,) = struct.unpack_from("<I", raw, len(MAGIC))
-        pos = len(MAGIC) + 4
-        loc: dict[bytes, tuple[int, int]] = {}
-        unpack = _REC.unpack_from
-        size = _REC.size
-        try:
-            for _ in range(count):
-                n, start, bound = unpack(raw, pos)
-                pos += size
-                loc[raw[pos : pos + n]] = (start, bound)
-                pos += n
-        except struct.error:
-            raise ValueError("truncated CAR block table") from None
-        if pos != len(raw):
-            raise ValueError("CAR block table has trailing bytes")
-        table = cls()
-        table._loc = loc
+        count, exact, ngroups = struct.unpack_from("<IBH", raw, len(MAGIC))
+        pos = len(MAGIC) + 7
+        table = cls(exact=bool(exact))
+        table._loc = None
+        total = 0
+        for _ in range(ngroups):
+            if pos + 6 > len(raw):
+                raise ValueError("truncated CAR block table")
+            width, n = struct.unpack_from("<HI", raw, pos)
+            pos += 6
+            need = n * (width + 16)
+            if width == 0 or pos + need > len(raw):
+                raise ValueError("truncated CAR block table")
+            keys = np.frombuffer(raw, dtype=f"S{width}", count=n, offset=pos)
+            pos += n * width
+            starts = np.frombuffer(raw, dtype="<u8", count=n, offset=pos)
+            pos += 8 * n
+            bounds = np.frombuffer(raw, dtype="<u8", count=n, offset=pos)
+            pos += 8 * n
+            table._groups[width] = (keys, starts, bounds)
+            total += n
+        if pos != len(raw) or total != count:
+            raise ValueError("CAR block table: wrong length")
+        table._count = count
         return table

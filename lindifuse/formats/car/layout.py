@@ -25,7 +25,8 @@ from typing import Any
 
 from lindifuse.errors import FormatError, RefError
 from lindifuse.formats.car import dagcbor, unixfs
-from lindifuse.formats.car.cid import DAG_CBOR, DAG_PB, RAW, Cid
+from lindifuse.formats.car.cid import DAG_CBOR, DAG_PB, RAW, Cid, cid_from_bytes
+from lindifuse.formats.car.dagcbor import Link
 from lindifuse.formats.car.pieces import GetBlock, Piece, _expand, file_piece
 from lindifuse.refs import normalize_key
 
@@ -34,12 +35,26 @@ MAX_DEPTH = 256
 
 
 class CarFile:
-    """A key whose content is a file of content-addressed blocks."""
+    """A key whose content is a file of content-addressed blocks: a Piece, or the raw CID of
+    a DAG-CBOR link until first used (a map of 100,000 chunks builds no Piece at mount)."""
 
-    __slots__ = ("piece",)
+    __slots__ = ("_piece", "_link")
 
-    def __init__(self, piece: Piece) -> None:
-        self.piece = piece
+    def __init__(self, piece: Piece | None = None, link: bytes | None = None) -> None:
+        self._piece = piece
+        self._link = link
+
+    @property
+    def piece(self) -> Piece:
+        """The file's root piece; RefError for a link that is not a CID."""
+        if self._piece is None:
+            assert self._link is not None
+            try:
+                cid = cid_from_bytes(bytes(self._link))
+            except ValueError as e:
+                raise RefError(f"bad link ({e})") from None
+            self._piece = file_piece(cid, None)
+        return self._piece
 
     @property
     def cid(self) -> Cid | None:
@@ -107,43 +122,57 @@ async def _walk_map(
     if len(seen) > MAX_DEPTH:
         tree.problems.append(f"{prefix}: nested deeper than {MAX_DEPTH} levels")
         return
+    entries = tree.entries
     for name, value in mapping.items():
-        if not isinstance(name, str) or not name or "/" in name:
+        if type(name) is not str or not name or "/" in name or "\0" in name or name in (".", ".."):
             tree.problems.append(f"{prefix or '/'}: bad name {name!r} left out")
             continue
-        key = _join(prefix, name)
-        if name in INLINE_JSON:
+        key = f"{prefix}/{name}" if prefix else name
+        tv = type(value)
+        if tv is Link:
+            if value[:2] == b"\x01\x71":  # CIDv1, dag-cbor: a sub-map
+                await _sub_map(tree, value, key, get, seen)
+            else:
+                entries[key] = CarFile(None, value)  # a map's keys are unique: no clash
+        elif name in INLINE_JSON:
             try:
                 text = json.dumps(value)  # what ipldstore serves (and lindi for dict values)
             except (TypeError, ValueError):
                 tree.problems.append(f"{key}: inline metadata holds links or bytes; left out")
                 continue
-            if isinstance(value, dict):
-                _add(tree, key, value)  # the content layer serves json.dumps(value)
+            if tv is dict:
+                entries[key] = value  # the content layer serves json.dumps(value)
             else:
-                _add(tree, key, "base64:" + base64.b64encode(text.encode()).decode("ascii"))
-        elif isinstance(value, dict):
+                entries[key] = "base64:" + base64.b64encode(text.encode()).decode("ascii")
+        elif tv is dict:
             await _walk_map(tree, value, key, get, seen)
-        elif isinstance(value, bytes):
-            _add(tree, key, "base64:" + base64.b64encode(value).decode("ascii"))
-        elif isinstance(value, Cid):
-            if value.codec == DAG_CBOR:
-                if value.mh in seen:
-                    tree.problems.append(f"{key}: cycle (links back to {value}); left out")
-                    continue
-                try:
-                    sub = dagcbor.decode(await get(value))
-                except (RefError, ValueError) as e:
-                    tree.problems.append(f"{key}: {e}")
-                    continue
-                if isinstance(sub, dict):
-                    await _walk_map(tree, sub, key, get, seen | {value.mh})
-                else:
-                    tree.problems.append(f"{key}: link {value} is not a map; left out")
-            else:
-                _add(tree, key, CarFile(file_piece(value, None)))
+        elif tv is bytes:
+            entries[key] = "base64:" + base64.b64encode(value).decode("ascii")
         else:
-            tree.problems.append(f"{key}: a {type(value).__name__} is not a chunk; left out")
+            tree.problems.append(f"{key}: a {tv.__name__} is not a chunk; left out")
+
+
+async def _sub_map(
+    tree: CarTree, link: Link, key: str, get: GetBlock, seen: frozenset[bytes]
+) -> None:
+    """A link to another DAG-CBOR map: followed as the sub-tree ``key``."""
+    try:
+        cid = cid_from_bytes(bytes(link))
+    except ValueError as e:
+        tree.problems.append(f"{key}: bad link ({e}); left out")
+        return
+    if cid.mh in seen:
+        tree.problems.append(f"{key}: cycle (links back to {cid}); left out")
+        return
+    try:
+        sub = dagcbor.decode(await get(cid))
+    except (RefError, ValueError) as e:
+        tree.problems.append(f"{key}: {e}")
+        return
+    if isinstance(sub, dict):
+        await _walk_map(tree, sub, key, get, seen | {cid.mh})
+    else:
+        tree.problems.append(f"{key}: link {cid} is not a map; left out")
 
 
 async def _walk_dir(
