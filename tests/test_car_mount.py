@@ -252,3 +252,43 @@ def test_multiple_roots_first_or_root_option(mount, tmp_path):
     m3 = mount(p, None, "--root", "bafynotacid", check=False)
     assert m3.result.rc != 0 and "not a CID" in m3.result.stderr
     shutil.rmtree(tmp_path / "c", ignore_errors=True)
+
+
+def test_cache_verify_rechecks_car_blocks(mount, tmp_path, http_server, run_cli):
+    """Blocks enter the persistent cache verified and are trusted by key; ``cache verify``
+    hashes them again: an entry altered behind the cache's back (with a valid CRC) is found,
+    reported and removed."""
+    import sqlite3
+    import zlib
+
+    http_server.add_file("store.car", FIX / "ipldstore.car")
+    cache = tmp_path / "c"
+    m = mount(http_server.url("store.car"), None, "--cache-dir", cache)
+    _digests(m.path)
+    m.umount()
+    r = run_cli("cache", "verify", "--cache-dir", cache, "--json")
+    assert r.rc == 0, r.stderr
+    first = json.loads(r.stdout)
+    assert first["car_blocks_verified"] >= 6 and first["car_block_mismatches"] == 0
+    db = sqlite3.connect(cache / "v1" / "index.sqlite")
+    try:
+        rows = db.execute("SELECT key, data FROM entries WHERE data IS NOT NULL").fetchall()
+        key, data = next((k, d) for k, d in rows if len(d) > 60 and d[0] < 0x80 and d[1] == 1)
+        bad = bytearray(data)
+        bad[-1] ^= 0xFF
+        db.execute(
+            "UPDATE entries SET data = ?, crc = ? WHERE key = ?",
+            (bytes(bad), zlib.crc32(bytes(bad)), key),
+        )
+        db.commit()
+    finally:
+        db.close()
+    r = run_cli("cache", "verify", "--cache-dir", cache)
+    assert r.rc == 1
+    assert "does not match its CID; removed" in r.stderr and key in r.stderr
+    assert "1 did not match" in r.stdout
+    r = run_cli("cache", "verify", "--cache-dir", cache, "--json")
+    assert (
+        r.rc == 0
+        and json.loads(r.stdout)["car_blocks_verified"] == first["car_blocks_verified"] - 1
+    )

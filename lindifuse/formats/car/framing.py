@@ -140,27 +140,46 @@ def scan(
     one-byte codec and hash code, or a CIDv0) is parsed inline: a CAR of 100,000 blocks is
     scanned in a fraction of a second; anything else goes through ``parse_cid``."""
     out: list[tuple[bytes, int, int]] = []
+    if not isinstance(buf, bytes):
+        buf = bytes(buf)
     n = len(buf)
-    while pos < limit:
-        rel = pos - base
-        if rel + 40 > n and base + n < limit:
-            break  # the next header may straddle the buffer's end: let the caller read on
-        if rel >= n:
-            break
+    stop = n - 40 if base + n < limit else n  # past it, a header may straddle the buffer end
+    rel = pos - base
+    try:
+        return _scan_loop(buf, base, pos, limit, n, stop, rel, out)
+    except IndexError:  # a header cut short by the end of the data (or of a malformed section)
+        pos = out[-1][2] if out else pos
+        if base + n < limit:
+            return out, pos, None
+        return out, pos, f"section at offset {pos}: header runs past the end of the data"
+
+
+def _scan_loop(
+    buf: bytes,
+    base: int,
+    pos: int,
+    limit: int,
+    n: int,
+    stop: int,
+    rel: int,
+    out: list[tuple[bytes, int, int]],
+) -> tuple[list[tuple[bytes, int, int]], int, str | None]:
+    append = out.append
+    while pos < limit and rel < stop:
         b0 = buf[rel]
         if b0 < 0x80:
             length, p = b0, rel + 1
-        elif buf[rel + 1] < 0x80 and buf[rel + 1]:
+        elif 0 < buf[rel + 1] < 0x80:
             length, p = (b0 & 0x7F) | buf[rel + 1] << 7, rel + 2
         else:
             try:
                 length, p = read_varint(buf, rel)
             except ValueError:
                 return out, pos, f"bad section length at offset {pos}"
-        if length == 0:
-            return out, pos, f"empty section at offset {pos}"
         end = base + p + length
-        if end > limit or length > MAX_SECTION:
+        if length == 0 or end > limit or length > MAX_SECTION:
+            if length == 0:
+                return out, pos, f"empty section at offset {pos}"
             return (
                 out,
                 pos,
@@ -169,28 +188,26 @@ def scan(
                 ),
             )
         # inline CID parse: CIDv1 = 01 codec code len digest; CIDv0 = 12 20 digest
-        if p + 4 <= n and buf[p] == 1 and buf[p + 1] < 0x80 and buf[p + 2] < 0x80:
-            dlen = buf[p + 3]
-            q = p + 4 + dlen
-            if dlen >= 0x80 or q > n:
-                q = -1
-            else:
-                mh = bytes(buf[p + 2 : q])
-        elif p + 34 <= n and buf[p] == 0x12 and buf[p + 1] == 0x20:
+        c0 = buf[p]
+        if c0 == 1 and buf[p + 1] < 0x80 and buf[p + 2] < 0x80 and buf[p + 3] < 0x80:
+            q = p + 4 + buf[p + 3]
+            mh = buf[p + 2 : q]
+        elif c0 == 0x12 and buf[p + 1] == 0x20:
             q = p + 34
-            mh = bytes(buf[p:q])
+            mh = buf[p:q]
         else:
-            q = -1
-        if q < 0:
             try:
                 cid, q = parse_cid(buf, p)
             except ValueError as e:
                 return out, pos, f"section at offset {pos}: bad CID ({e})"
             mh = cid.mh
-        if base + q > end:
+        if q > n or base + q > end:
+            if q > n:  # a CID cut by the buffer's end: let the caller read on
+                break
             return out, pos, f"section at offset {pos}: CID longer than the section"
-        out.append((mh, pos, end))
+        append((mh, pos, end))
         pos = end
+        rel = pos - base
     return out, pos, None
 
 

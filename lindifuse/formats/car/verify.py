@@ -70,3 +70,26 @@ def check(cid: Cid, data: bytes | memoryview) -> None:
     if not hmac.compare_digest(fn(bytes(data) if isinstance(data, memoryview) else data),
                                cid.digest):  # fmt: skip
         raise BlockMismatch(cid)
+
+
+def check_section(data: bytes) -> bool | None:
+    """For ``lindifuse cache verify``: None when ``data`` is not exactly one CAR section
+    (varint + CID of a known codec and hash function + block bytes, nothing else), else
+    whether the block matches its CID. A persistent-cache entry of a CAR block is its whole
+    section, so it carries the CID it is checked against."""
+    from lindifuse.formats.car.cid import CODEC_NAMES, parse_cid, read_varint
+
+    try:
+        length, p = read_varint(data, 0)
+        if p + length != len(data):
+            return None
+        cid, q = parse_cid(data, p)
+    except ValueError:
+        return None
+    if cid.codec not in CODEC_NAMES or not supported(cid.code) or q > len(data):
+        return None
+    try:
+        check(cid, memoryview(data)[q:])
+    except (BlockMismatch, UnverifiableBlock):
+        return False
+    return True
