@@ -24,6 +24,8 @@ from lindifuse.formats.car.cid import RAW, Cid
 from lindifuse.formats.car.layout import CarFile
 from lindifuse.formats.car.store import CarBlocks
 from lindifuse.formats.container import Container, Location
+from lindifuse.formats.hashes import ChunkMismatch, chunk_hashes
+from lindifuse.formats.hashes import checker as hash_checker
 from lindifuse.fs.fetch import Fetcher
 from lindifuse.fs.tree import Node
 from lindifuse.refs import (
@@ -118,6 +120,10 @@ class ContentService:
         self._sizes: dict[str, int] = {}  # sizes of whole-target references
         self._local_sizes: dict[str, int] = {}  # checked sizes of local targets
         self._car_blocks: CarBlocks | None = None
+        # key -> sha256 hex of chunks whose digest the index records (lindifuse.formats.hashes)
+        self._hashes = chunk_hashes(container.rset.extra) if container.rset.extra else None
+        if self._hashes:
+            self._register_hash_checks()
 
     async def resolve(self, node: Node) -> Resolved:
         cached = node.extra
@@ -165,6 +171,51 @@ class ContentService:
         except Exception as e:  # codecs raise many kinds
             raise RefError(f"{node.key}: cannot convert for the xarray view: {e}") from None
         return Resolved(data, None, 0, len(data), len(data))
+
+    def _register_hash_checks(self) -> None:
+        """Tell the fetcher which remote ranges carry a recorded digest, so that every fetch
+        of them (a read's or read-ahead's) is checked before it is cached."""
+        assert self._hashes is not None
+        refs, c = self.container.rset.refs, self.container
+        for key, want in self._hashes.items():
+            value = refs.get(key)
+            if type(value) is not list or len(value) != 3:
+                continue
+            try:
+                loc = c.resolve(expand_templates(value[0], c.rset.templates))
+            except (RefError, KeyError):
+                continue
+            if loc.remote:
+                rng = (loc.where, loc.base + value[1], value[2])
+                self.fetcher.fixed_checks[rng] = self._counted(hash_checker(key, want))
+
+    def _counted(self, check: Callable[[bytes], None]) -> Callable[[bytes], None]:
+        stats = self.fetcher.stats
+
+        def run(data: bytes) -> None:
+            try:
+                check(data)
+            except ChunkMismatch:
+                stats.chunk_mismatches += 1
+                raise
+            stats.chunks_verified += 1
+
+        return run
+
+    async def _read_hashed(self, node: Node, r: Resolved, want: str) -> bytes:
+        """The whole stored chunk, checked against its recorded sha256 before it is cached."""
+        loc = r.loc
+        assert loc is not None
+        check = self._counted(hash_checker(node.key, want))
+        if loc.remote:
+            return await self.fetcher.get(loc.where, r.offset, r.stored, check=check)
+
+        async def load() -> bytes:
+            data = await self.local.read(loc.where, r.offset, r.stored)
+            check(data)
+            return data
+
+        return await self.cache.get(("sha256", loc.where, r.offset, r.stored), load)
 
     def _car_store(self) -> CarBlocks:
         if self._car_blocks is None:
@@ -347,7 +398,11 @@ class ContentService:
     async def _read_stored(self, node: Node, r: Resolved, offset: int, size: int) -> bytes:
         loc = r.loc
         assert loc is not None
+        want = self._hashes.get(node.key) if self._hashes else None
         try:
+            if want is not None:
+                blob = await self._read_hashed(node, r, want)
+                return blob[offset : offset + size]
             if not loc.remote:
                 if offset == 0 and self.readahead is not None:
                     self.readahead.on_read(node, r)

@@ -105,6 +105,8 @@ class FetchStats:
     blocks_verified: int = 0  # content-addressed blocks hashed against their CID (CAR)
     verified_bytes: int = 0
     block_mismatches: int = 0  # distinct blocks whose bytes did not match their CID
+    chunks_verified: int = 0  # chunks checked against the sha256 their index records
+    chunk_mismatches: int = 0  # ... that did not match (EIO, never cached)
 
 
 class _Waiter:
@@ -154,6 +156,9 @@ class Fetcher:
         self._stale: dict[str, str] = {}  # URL -> why its cached bytes are served unconfirmed
         # (url, offset, size) -> verification of fresh bytes (CAR blocks; see ``get``)
         self._checks: dict[tuple[str, int, int], Callable[[bytes], None]] = {}
+        # the same for the life of the mount: ranges whose digest the index records (chunk
+        # hashes), so that read-ahead's fetches of them are checked too
+        self.fixed_checks: dict[tuple[str, int, int], Callable[[bytes], None]] = {}
 
     # -- background tasks ------------------------------------------------------------------
 
@@ -386,7 +391,9 @@ class Fetcher:
             mv = memoryview(body)
             for off, size in span.ranges:
                 piece = body if len(span.ranges) == 1 else bytes(mv[off - span.start :][:size])
-                check = self._checks.get((url, off, size))
+                check = self._checks.get((url, off, size)) or self.fixed_checks.get(
+                    (url, off, size)
+                )
                 if check is not None:
                     try:
                         check(piece)

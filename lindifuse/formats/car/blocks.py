@@ -9,7 +9,10 @@ own varint for its exact end, so an unindexed section in between does no harm).
 
 from __future__ import annotations
 
+import bisect
 import struct
+import sys
+from array import array
 from collections.abc import Iterable
 from typing import Any
 
@@ -19,12 +22,47 @@ from lindifuse.formats.car.framing import CarError
 MAGIC = b"LFCARBT3"
 
 
+def _u64(values: list[int]) -> array:
+    a = array("Q", values)
+    if sys.byteorder != "little":
+        a.byteswap()
+    return a
+
+
+def _u64_from(raw: bytes, pos: int, n: int) -> array:
+    a = array("Q")
+    a.frombytes(raw[pos : pos + 8 * n])
+    if sys.byteorder != "little":
+        a.byteswap()
+    return a
+
+
+class _Run:
+    """``n`` sorted multihashes of ``width`` bytes back to back in ``raw``, as a sequence (for
+    ``bisect``): item ``i`` is sliced out when asked for."""
+
+    __slots__ = ("raw", "pos", "width", "n")
+
+    def __init__(self, raw: bytes, pos: int, width: int, n: int) -> None:
+        self.raw, self.pos, self.width, self.n = raw, pos, width, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> bytes:
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        at = self.pos + i * self.width
+        return self.raw[at : at + self.width]
+
+
 class BlockTable:
     """Where each block's section lies: ``get(mh)`` -> (start, bound), absolute offsets.
 
-    Filled by a scan or an index as a dict; read back from the cache as sorted numpy arrays
-    (one per multihash length) searched by bisection, so loading the table of a CAR of
-    100,000 blocks creates no per-block Python object (a few milliseconds)."""
+    Filled by a scan or an index as a dict; read back from the cache as sorted fixed-width
+    multihash runs (one per multihash length) searched by bisection, with ``array`` offsets,
+    so loading the table of a CAR of 100,000 blocks creates no per-block Python object (a
+    few milliseconds, and no numpy import)."""
 
     __slots__ = ("_loc", "_groups", "_count", "exact")
 
@@ -49,19 +87,17 @@ class BlockTable:
         if group is None:
             return None
         keys, starts, bounds = group
-        # numpy's S dtype drops trailing NUL bytes of an element; at one width, equality of
-        # the stripped forms is equality of the multihashes (and the order is bytes order)
-        i = int(keys.searchsorted(mh))
-        if i < len(keys) and keys[i] == mh.rstrip(b"\0"):
-            return int(starts[i]), int(bounds[i])
+        i = bisect.bisect_left(keys, mh)
+        if i < len(keys) and keys[i] == mh:
+            return starts[i], bounds[i]
         return None
 
     def items(self) -> list[tuple[bytes, tuple[int, int]]]:
         if self._loc is not None:
             return list(self._loc.items())
         out = []
-        for width, (keys, starts, bounds) in self._groups.items():
-            mhs = [k.ljust(width, b"\0") for k in keys.tolist()]
+        for keys, starts, bounds in self._groups.values():
+            mhs = [keys[i] for i in range(len(keys))]
             out.extend(zip(mhs, zip(starts.tolist(), bounds.tolist(), strict=True), strict=True))
         return out
 
@@ -112,8 +148,6 @@ class BlockTable:
     def to_bytes(self) -> bytes:
         """MAGIC, count, exact flag, group count; per group (multihashes of one length):
         width (u16) and count (u32), the sorted multihashes, then starts and bounds (u64 LE)."""
-        import numpy as np
-
         by_width: dict[int, list[tuple[bytes, tuple[int, int]]]] = {}
         for mh, loc in self.items():
             by_width.setdefault(len(mh), []).append((mh, loc))
@@ -122,15 +156,13 @@ class BlockTable:
             rows.sort()
             parts.append(struct.pack("<HI", width, len(rows)))
             parts.append(b"".join(mh for mh, _ in rows))
-            parts.append(np.array([r[1][0] for r in rows], dtype="<u8").tobytes())
-            parts.append(np.array([r[1][1] for r in rows], dtype="<u8").tobytes())
+            parts.append(_u64([r[1][0] for r in rows]).tobytes())
+            parts.append(_u64([r[1][1] for r in rows]).tobytes())
         return b"".join(parts)
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> BlockTable:
         """Inverse of ``to_bytes``; ValueError when ``raw`` is not such a table."""
-        import numpy as np
-
         if not raw.startswith(MAGIC) or len(raw) < len(MAGIC) + 7:
             raise ValueError("not a CAR block table")
         count, exact, ngroups = struct.unpack_from("<IBH", raw, len(MAGIC))
@@ -146,11 +178,11 @@ class BlockTable:
             need = n * (width + 16)
             if width == 0 or pos + need > len(raw):
                 raise ValueError("truncated CAR block table")
-            keys = np.frombuffer(raw, dtype=f"S{width}", count=n, offset=pos)
+            keys = _Run(raw, pos, width, n)
             pos += n * width
-            starts = np.frombuffer(raw, dtype="<u8", count=n, offset=pos)
+            starts = _u64_from(raw, pos, n)
             pos += 8 * n
-            bounds = np.frombuffer(raw, dtype="<u8", count=n, offset=pos)
+            bounds = _u64_from(raw, pos, n)
             pos += 8 * n
             table._groups[width] = (keys, starts, bounds)
             total += n
