@@ -124,3 +124,86 @@ def test_remote_mount_never_caches_a_bad_chunk(run_cli, mount, tmp_path, http_se
         else:
             p.read_bytes()
     assert "does not match" not in m2.log_text()  # offline: simply not cached
+
+
+@pytest.mark.parametrize("suffix", [".lindi.tar", ".lindi.d"])
+def test_written_chunks_record_their_hash_and_check_finds_corruption(
+    run_cli, mount, tmp_path, suffix
+):
+    """``create --hashes``; chunks written through a writable mount record their sha256;
+    ``lindifuse check`` finds a member corrupted behind the archive's back by its content, and
+    a mount serves every other chunk but fails that one with EIO."""
+    arch = tmp_path / f"a{suffix}"
+    r = run_cli("create", str(arch), "--hashes")
+    assert r.rc == 0, r.stderr
+    m = mount(arch, None, "--cache-dir", tmp_path / "c")
+    data = np.arange(4000, dtype="<f8")
+    g = zarr.open_group(str(m.path), mode="r+", zarr_format=2)
+    g.create_array("x", shape=(4000,), chunks=(500,), dtype="<f8", compressors=None)
+    g["x"][:] = data
+    m.umount()
+    r = run_cli("check", str(arch))
+    assert r.rc == 0, r.stdout + r.stderr
+    if suffix == ".lindi.tar":
+        import tarfile
+
+        with tarfile.open(arch) as t:
+            rfs = json.load(t.extractfile("lindi.json"))
+    else:
+        rfs = json.loads((arch / "lindi.json").read_text())
+    chunks = rfs[MEMBER]["chunks"]
+    assert sorted(chunks) == sorted(f"x/{i}" for i in range(8))
+    for i in range(8):
+        want = hashlib.sha256(data[i * 500 : (i + 1) * 500].tobytes()).hexdigest()
+        assert chunks[f"x/{i}"] == want
+    # corrupt x/2's bytes where they are stored
+    target, off, size = rfs["refs"]["x/2"]
+    assert target.startswith("./")
+    if suffix == ".lindi.tar":
+        raw = bytearray(arch.read_bytes())
+        needle = data[1000:1500].tobytes()
+        at = raw.find(needle)
+        assert at > 0
+        raw[at + 100] ^= 0xFF
+        arch.write_bytes(bytes(raw))
+    else:
+        p = arch / target[2:]
+        raw = bytearray(p.read_bytes())
+        raw[off + 100] ^= 0xFF
+        p.write_bytes(bytes(raw))
+    r = run_cli("check", str(arch))
+    assert r.rc != 0
+    assert "x/2: member" in (r.stdout + r.stderr) and "does not match its recorded sha256" in (
+        r.stdout + r.stderr
+    )
+    m2 = mount(arch, None, "--read-only", "--cache-dir", tmp_path / "c2")
+    for i in range(8):
+        p = m2.path / "x" / str(i)
+        if i == 2:
+            with pytest.raises(OSError) as e:
+                p.read_bytes()
+            assert e.value.errno == errno.EIO
+        else:
+            assert np.array_equal(
+                np.frombuffer(p.read_bytes(), "<f8"), data[i * 500 : (i + 1) * 500]
+            )
+
+
+def test_create_from_an_index_with_hashes(run_cli, tmp_path):
+    h5 = tmp_path / "f.h5"
+    _make_h5(h5)
+    r = run_cli("index", str(h5), "-o", str(tmp_path / "f.lindi.json"), "-q")
+    assert r.rc == 0, r.stderr
+    arch = tmp_path / "b.lindi.tar"
+    r = run_cli("create", str(arch), "--from", str(tmp_path / "f.lindi.json"), "--hashes")
+    assert r.rc == 0, r.stderr
+    import tarfile
+
+    with tarfile.open(arch) as t:
+        rfs = json.load(t.extractfile("lindi.json"))
+    raw = h5.read_bytes()
+    chunks = rfs[MEMBER]["chunks"]
+    assert len(chunks) == 10
+    for key, digest in chunks.items():
+        _, off, size = rfs["refs"][key]
+        assert hashlib.sha256(raw[off : off + size]).hexdigest() == digest

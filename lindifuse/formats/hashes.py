@@ -26,15 +26,24 @@ class ChunkMismatch(RefError):
     """A chunk's bytes do not hash to the digest its index records."""
 
 
-def chunk_hashes(extra: dict[str, Any]) -> dict[str, str] | None:
-    """The key -> hex digest map of a reference set's top-level members, or None."""
+def chunk_hashes(extra: dict[str, Any]) -> dict[str, Any] | None:
+    """The key -> hex digest map of a reference set's top-level members, or None. The map
+    itself (not a copy): a writable mount updates it as chunks are written, and reads look it
+    up live. Values that are not 64-character strings are ignored by ``digest_of``."""
     member = extra.get(MEMBER)
     if not isinstance(member, dict) or member.get("algorithm") != ALGORITHM:
         return None
     chunks = member.get("chunks")
-    if not isinstance(chunks, dict):
-        return None
-    return {k: v for k, v in chunks.items() if isinstance(v, str) and len(v) == 64}
+    return chunks if isinstance(chunks, dict) else None
+
+
+def digest_of(hashes: dict[str, Any] | None, key: str) -> str | None:
+    want = hashes.get(key) if hashes else None
+    return want if type(want) is str and len(want) == 64 else None
+
+
+def new_member(chunks: dict[str, str] | None = None) -> dict[str, Any]:
+    return {"algorithm": ALGORITHM, "chunks": dict(chunks or {})}
 
 
 def checker(key: str, want: str) -> Callable[[bytes], None]:

@@ -24,7 +24,7 @@ from lindifuse.formats.car.cid import RAW, Cid
 from lindifuse.formats.car.layout import CarFile
 from lindifuse.formats.car.store import CarBlocks
 from lindifuse.formats.container import Container, Location
-from lindifuse.formats.hashes import ChunkMismatch, chunk_hashes
+from lindifuse.formats.hashes import ChunkMismatch, chunk_hashes, digest_of
 from lindifuse.formats.hashes import checker as hash_checker
 from lindifuse.fs.fetch import Fetcher
 from lindifuse.fs.tree import Node
@@ -177,8 +177,11 @@ class ContentService:
         of them (a read's or read-ahead's) is checked before it is cached."""
         assert self._hashes is not None
         refs, c = self.container.rset.refs, self.container
-        for key, want in self._hashes.items():
+        for key in self._hashes:
+            want = digest_of(self._hashes, key)
             value = refs.get(key)
+            if want is None:
+                continue
             if type(value) is not list or len(value) != 3:
                 continue
             try:
@@ -398,7 +401,7 @@ class ContentService:
     async def _read_stored(self, node: Node, r: Resolved, offset: int, size: int) -> bytes:
         loc = r.loc
         assert loc is not None
-        want = self._hashes.get(node.key) if self._hashes else None
+        want = digest_of(self._hashes, node.key)
         try:
             if want is not None:
                 blob = await self._read_hashed(node, r, want)
