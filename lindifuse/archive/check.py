@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 
 from lindifuse.archive.base import (
     SPARE_KEY,
@@ -119,9 +120,51 @@ def check(path: str) -> list[str]:
                 problems.append(f"lindi.json references {name!r}, which the index does not list")
             elif need > m.s:
                 problems.append(f"a reference to {name!r} runs past its size ({need} > {m.s})")
+        problems += _check_hashes(
+            rfs, lambda name, off, n: _member_bytes(fd, members, name, off, n)
+        )
         return problems
     finally:
         os.close(fd)
+
+
+def _member_bytes(fd: int, members: dict[str, Any], name: str, off: int, n: int) -> bytes | None:
+    m = members.get(name)
+    if m is None or off + n > m.s:
+        return None
+    return pread_exact(fd, n, m.d + off)
+
+
+def _check_hashes(rfs: dict[str, Any], read: Any) -> list[str]:
+    """Members whose bytes no longer match the sha256 recorded for their key (an archive made
+    with ``create --hashes``: lindifuse.formats.hashes): corruption found by content, which the
+    tar structure cannot show."""
+    import hashlib
+
+    from lindifuse.formats.hashes import chunk_hashes, digest_of
+
+    hashes = chunk_hashes(rfs)
+    if not hashes:
+        return []
+    problems = []
+    refs = rfs.get("refs") or {}
+    for key in sorted(hashes):
+        want = digest_of(hashes, key)
+        value = refs.get(key)
+        if want is None or type(value) is not list or len(value) != 3:
+            continue
+        target, off, n = value
+        if not (type(target) is str and target.startswith("./")):
+            continue  # outside the archive: a mount checks it when it fetches it
+        try:
+            data = read(target[2:], off, n)
+        except (OSError, FormatError):
+            data = None
+        if data is None:
+            continue  # reported above (missing member or out of range)
+        if hashlib.sha256(data).hexdigest() != want:
+            problems.append(f"{key}: member {target[2:]!r} does not match its recorded sha256")
+    return problems
 
 
 def _check_dir(path: str) -> list[str]:
@@ -137,6 +180,17 @@ def _check_dir(path: str) -> list[str]:
             problems.append(f"lindi.json references {name!r}, which does not exist")
         elif need > m.s:
             problems.append(f"a reference to {name!r} runs past its size ({need} > {m.s})")
+
+    def read(name: str, off: int, n: int) -> bytes | None:
+        try:
+            with open(os.path.join(path, name), "rb") as f:
+                f.seek(off)
+                data = f.read(n)
+        except OSError:
+            return None
+        return data if len(data) == n else None
+
+    problems += _check_hashes(a.rfs, read)
     tmp = os.path.join(path, TMP_DIR)
     if os.path.isdir(tmp) and os.listdir(tmp):
         problems.append(f"unfinished files in {TMP_DIR}")

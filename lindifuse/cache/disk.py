@@ -302,6 +302,18 @@ class DiskCache:
                 out[k] = data
         return out
 
+    def entry_keys(self) -> list[str]:
+        """Every entry's key (for ``lindifuse cache verify``)."""
+        with self._lock:
+            return [row[0] for row in self._read_db.execute("SELECT key FROM entries")]
+
+    def drop(self, key: str) -> None:
+        """Delete the entry ``key`` (its bytes failed a check made by the caller)."""
+        with self._lock:
+            row = self._read_db.execute("SELECT file FROM entries WHERE key = ?", (key,)).fetchone()
+        if row is not None:
+            self._drop(key, row[0])
+
     def _path(self, fname: str) -> str:
         return os.path.join(self.data_dir, fname[:2], fname)
 

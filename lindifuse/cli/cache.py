@@ -1,6 +1,8 @@
-"""``lindifuse cache info|clear``: inspect or empty a persistent chunk cache directory and the
-HDF5 indexes kept in it. Clearing is safe while mounts use the cache (they refetch what they
-miss)."""
+"""``lindifuse cache info|clear|verify``: inspect, empty or check a persistent chunk cache
+directory and the HDF5 indexes kept in it. Clearing is safe while mounts use the cache (they
+refetch what they miss). ``verify`` rereads every entry: its stored checksum (size and CRC-32)
+and, for the blocks of CAR sources (an entry that is exactly one CAR section), the block's hash
+against its CID; entries that fail are removed."""
 
 from __future__ import annotations
 
@@ -19,13 +21,16 @@ def add_parser(sub: Any) -> None:
         help="inspect or clear the persistent chunk cache",
         description="info: entries, bytes and disk usage of the cache directory, and the HDF5 "
         "indexes kept there. clear: delete every entry and index (safe while mounts use the "
-        "cache).",
+        "cache). verify: reread every entry and check it (its stored size and CRC-32; for a "
+        "block of a CAR source, its hash against its CID); remove those that fail, and exit 1 "
+        "if there were any.",
         epilog="examples:\n"
         "  lindifuse cache info\n"
+        "  lindifuse cache verify\n"
         "  lindifuse cache clear --cache-dir /var/cache/lindifuse",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("action", choices=["info", "clear"])
+    p.add_argument("action", choices=["info", "clear", "verify"])
     p.add_argument(
         "--cache-dir", metavar="DIR", help="cache directory (default $XDG_CACHE_HOME/lindifuse)"
     )
@@ -47,6 +52,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         n_ix, ix_bytes = indexes.info()
     if not os.path.isdir(os.path.join(directory, FORMAT_DIR)):
+        if args.action == "verify":
+            print(f"{directory}: no cache here (nothing to verify)")
+            return 0
         if args.action == "clear":
             if not n_ix:
                 print(f"{directory}: no cache here (nothing to clear)")
@@ -66,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"lindifuse: {directory}: cannot open the cache: {e}", file=sys.stderr)
             return 1
         try:
+            if args.action == "verify":
+                return _verify(store, directory, args.json)
             if args.action == "clear":
                 n, nbytes = store.clear()
                 if args.json:
@@ -88,3 +98,41 @@ def run(args: argparse.Namespace) -> int:
         print(f"disk usage: {info['disk_usage']} ({mib(info['disk_usage'])})")
         print(f"HDF5 indexes: {n_ix} ({mib(ix_bytes)})")
     return 0
+
+
+def _verify(store: Any, directory: str, as_json: bool) -> int:
+    from lindifuse.formats.car.verify import check_section
+
+    checked = blocks = mismatched = 0
+    corrupt_before = store.stats.corrupt
+    for key in store.entry_keys():
+        data = store.get(key)  # checks size and CRC-32; drops a damaged entry
+        if data is None:
+            continue
+        checked += 1
+        ok = check_section(data)
+        if ok is None:
+            continue
+        blocks += 1
+        if not ok:
+            mismatched += 1
+            store.drop(key)
+            print(f"lindifuse: {directory}: entry {key}: a CAR block that does not match its "
+                  "CID; removed", file=sys.stderr)  # fmt: skip
+    damaged = store.stats.corrupt - corrupt_before
+    result = {
+        "directory": directory,
+        "entries_checked": checked,
+        "car_blocks_verified": blocks,
+        "car_block_mismatches": mismatched,
+        "damaged_entries_removed": damaged,
+    }
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(
+            f"{directory}: {checked} entries read back; {blocks} CAR blocks hashed against "
+            f"their CID, {mismatched} did not match; {damaged} damaged entries (size or "
+            "checksum); failing entries removed"
+        )
+    return 1 if mismatched or damaged else 0

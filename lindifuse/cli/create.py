@@ -22,17 +22,27 @@ def add_parser(sub: Any) -> None:
         epilog="examples:\n"
         "  lindifuse create new.lindi.tar                 # empty root group\n"
         "  lindifuse create notes.lindi.d                 # a folder archive\n"
-        "  lindifuse create amended.lindi.tar --from https://example.org/sub-01.nwb.lindi.tar",
+        "  lindifuse create amended.lindi.tar --from https://example.org/sub-01.nwb.lindi.tar\n"
+        "  lindifuse create verified.lindi.tar --hashes    # written chunks record their sha256",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("target", metavar="TARGET")
     p.add_argument("--from", dest="source", metavar="SOURCE", help="start from these references")
+    p.add_argument(
+        "--hashes",
+        action="store_true",
+        help="keep a sha256 per chunk in the archive (the lindi.json member "
+        "lindifuse_chunk_hashes, which lindi ignores): with --from, of every chunk SOURCE "
+        "references (each is read once); then of every chunk written through a mount. Mounts "
+        "check chunks against it on fetch (EIO on a mismatch) and `lindifuse check` finds a "
+        "corrupted member by its content",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     import trio
 
-    print(trio.run(create, args.target, args.source))
+    print(trio.run(create, args.target, args.source, getattr(args, "hashes", False)))
     return 0
 
 
@@ -66,13 +76,22 @@ def absolute_refs(c: Any) -> dict[str, Any]:
     return doc
 
 
-async def create(target: str, source: str | None) -> str:
+async def create(target: str, source: str | None, hashes: bool = False) -> str:
+    import json
+
+    from lindifuse.archive.base import EMPTY_RFS
     from lindifuse.archive.create import create as create_archive
+    from lindifuse.formats import hashes as chunk_hashes
     from lindifuse.formats.container import load_container
 
     rfs = None
     if source is not None:
         rfs = absolute_refs(await load_container(source))
+    if hashes:
+        if rfs is None:
+            rfs = json.loads(json.dumps(EMPTY_RFS))
+        digests = await _hash_refs(rfs["refs"]) if source is not None else {}
+        rfs[chunk_hashes.MEMBER] = chunk_hashes.new_member(digests)
     try:
         create_archive(target, rfs)
     except FileExistsError:
@@ -81,3 +100,28 @@ async def create(target: str, source: str | None) -> str:
         raise SourceError(f"{target}: {e.strerror or e}") from None
     n = len(rfs["refs"]) if rfs else 1
     return f"created {target} with {n} keys"
+
+
+async def _hash_refs(refs: dict[str, Any]) -> dict[str, str]:
+    """sha256 of every ``[url or path, offset, size]`` reference (absolute already)."""
+    from lindifuse.errors import RefError
+    from lindifuse.formats import hashes
+    from lindifuse.sources.base import is_url
+    from lindifuse.sources.http import HttpClient
+    from lindifuse.sources.local import LocalFiles
+
+    http, local = HttpClient(), LocalFiles()
+
+    async def read(where: str, offset: int, n: int) -> bytes:
+        try:
+            if is_url(where):
+                return await http.get_range(where, offset, n)
+            return await local.read(where, offset, n)
+        except RefError as e:
+            raise SourceError(f"cannot read a chunk to hash it: {e}") from None
+
+    try:
+        return await hashes.compute(refs, read, lambda t: t)
+    finally:
+        await http.aclose()
+        local.close()

@@ -38,6 +38,7 @@ examples:
   lindifuse index https://example.org/f.nwb -o f.lindi.json
   lindifuse index big.h5 --all-chunks -o big.lindi.json   # list every chunk, no external links
   lindifuse index local-copy.nwb --url https://example.org/f.nwb -o f.lindi.json
+  lindifuse index session.nwb --hashes             # + a sha256 per chunk, checked by mounts
 
 exit status: 0 on success, 1 when SOURCE cannot be read (or, with --strict, when something was
 left out), 2 on a usage error."""
@@ -86,6 +87,14 @@ def add_parser(sub: Any) -> None:
         metavar="SIZE",
         help="describe an uncompressed one-piece dataset larger than SIZE as row blocks of about "
         "SIZE bytes (default 20000000, lindi's; 0 keeps it one chunk)",
+    )
+    p.add_argument(
+        "--hashes",
+        action="store_true",
+        help="read every referenced chunk once and record its sha256 in the index (the "
+        "top-level member lindifuse_chunk_hashes, which lindi ignores); a mount of the index "
+        "then checks each chunk on fetch and fails with EIO on a mismatch. Chunks of datasets "
+        "written as _EXTERNAL_ARRAY_LINK are not listed, hence not hashed (see --all-chunks)",
     )
     p.add_argument("--strict", action="store_true", help="exit 1 if anything was left out")
     p.add_argument(
@@ -155,6 +164,8 @@ async def _index(args: argparse.Namespace, progress: Any) -> Any:
         )
         if c.kind != "hdf5":
             raise SourceError(f"{args.source}: not an HDF5 file (it is a LINDI {c.kind} source)")
+        if getattr(args, "hashes", False):
+            await _add_hashes(c, http, local)
         c.index.http_requests = http.stats.requests
         return c
     finally:
@@ -162,6 +173,30 @@ async def _index(args: argparse.Namespace, progress: Any) -> Any:
             await disk.aclose()
         await http.aclose()
         local.close()
+
+
+async def _add_hashes(c: Any, http: Any, local: Any) -> None:
+    """Record the sha256 of every chunk reference (read straight from the source, not through
+    the cache: these reads check the file, they must not trust a copy)."""
+    from lindifuse.errors import RefError
+    from lindifuse.formats import hashes
+    from lindifuse.refs import expand_templates
+    from lindifuse.sources.base import is_url
+
+    async def read(where: str, offset: int, n: int) -> bytes:
+        try:
+            if is_url(where):
+                return await http.get_range(where, offset, n)
+            return await local.read(where, offset, n)
+        except RefError as e:
+            raise SourceError(f"{args_source}: cannot read a chunk to hash it: {e}") from None
+
+    args_source = c.source
+    rset = c.rset
+    digests = await hashes.compute(
+        rset.refs, read, lambda t: c.resolve(expand_templates(t, rset.templates)).where
+    )
+    c.index.rfs[hashes.MEMBER] = {"algorithm": hashes.ALGORITHM, "chunks": digests}
 
 
 def _rename_url(rfs: dict[str, Any], old: str, new: str) -> None:

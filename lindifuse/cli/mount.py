@@ -26,6 +26,8 @@ examples:
   lindifuse session.lindi.tar /mnt/session -o ro          # the form mount.fuse3 runs
   mount -t fuse.lindifuse /data/session.lindi.tar /mnt/session -o ro
   lindifuse mount -f session.lindi.tar /mnt/session --log-level DEBUG   # foreground, log to stderr
+  lindifuse mount store.car /mnt/store                  # a CAR of a Zarr store (verified blocks)
+  lindifuse mount https://example.org/store.car /mnt/store -o root=bafy...
 
   fstab:  /data/session.lindi.tar  /mnt/session  fuse.lindifuse  ro,allow_other,nofail  0 0"""
 
@@ -37,8 +39,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         description=(
             "Mount SOURCE at MOUNTPOINT. Without -f, return once the mount answers and keep the "
             "daemon running in the background, logging to --log-file. The kind of SOURCE is "
-            "detected from its content. Remote sources, plain .lindi.json files and HDF5/NWB "
-            "files are always mounted read-only; a local .lindi.tar or .lindi.d is writable "
+            "detected from its content. Remote sources, plain .lindi.json files, HDF5/NWB "
+            "files and CAR archives are always mounted read-only; a local .lindi.tar or .lindi.d is writable "
             "unless --read-only. The daemon stops cleanly, committing pending writes, on SIGTERM "
             "or SIGINT; SIGHUP reopens its log file."
         ),
@@ -48,8 +50,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "source",
         metavar="SOURCE",
-        help="path or http(s) URL of a .lindi.json, .lindi.tar, .lindi.d or HDF5/NWB file, "
-        "or a dandiset: dandi://DANDISET[@VERSION][/folder] or its web URL",
+        help="path or http(s) URL of a .lindi.json, .lindi.tar, .lindi.d, HDF5/NWB file or "
+        "CAR archive (CARv1/CARv2 of an ipldstore or UnixFS Zarr store; every block is verified "
+        "against its CID), or a dandiset: dandi://DANDISET[@VERSION][/folder] or its web URL",
     )
     p.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing, empty directory")
     p.add_argument(
@@ -203,6 +206,13 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "files outside it (only URLs and ./ members of its own .lindi.tar or .lindi.d, or "
         "files in the folder of a plain .lindi.json). For files you did not make yourself",
     )
+    p.add_argument(
+        "--root",
+        metavar="CID",
+        help="for a CAR SOURCE: mount the DAG under this root CID (bafy..., Qm...) instead of "
+        "the first root the CAR header names (a CAR with several roots mounts the first and "
+        "says so in the log). The block must be in the archive",
+    )
     p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     return p
 
@@ -239,6 +249,7 @@ def run(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         allowed_hosts=args.allowed_hosts,
         no_local_refs=args.no_local_refs,
+        root=args.root,
     )
     if args.foreground:
         return run_foreground(opts)

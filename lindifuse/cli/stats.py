@@ -92,6 +92,17 @@ def format_stats(s: dict[str, Any]) -> str:
         )
     else:
         lines.append("read-ahead:   off")
+    if f.get("blocks_verified") or f.get("block_mismatches"):
+        lines.append(
+            f"verified:     {f.get('blocks_verified', 0)} blocks "
+            f"({mib(f.get('verified_bytes', 0))}) hashed against their CID  "
+            f"{f.get('block_mismatches', 0)} did not match (EIO, never cached)"
+        )
+    if f.get("chunks_verified") or f.get("chunk_mismatches"):
+        lines.append(
+            f"verified:     {f.get('chunks_verified', 0)} chunks checked against the sha256 of "
+            f"their index  {f.get('chunk_mismatches', 0)} did not match (EIO, never cached)"
+        )
     if h.get("offline") or f.get("stale_urls") or h.get("version_changes"):
         lines.append(
             f"degraded:     {'OFFLINE  ' if h.get('offline') else ''}"

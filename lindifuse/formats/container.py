@@ -1,7 +1,8 @@
 """Containers: turn a SOURCE (path or URL) into a reference set plus a way to resolve targets.
 
-Kinds: ``json`` (a lindi.json / kerchunk v1 file), ``tar`` (.lindi.tar), ``dir`` (.lindi.d)
-and ``hdf5`` (an HDF5/NWB file, indexed into the same refs lindi would write; see
+Kinds: ``json`` (a lindi.json / kerchunk v1 file), ``tar`` (.lindi.tar), ``dir`` (.lindi.d),
+``car`` (a CAR archive of a Zarr store, read-only, every block verified; see
+``lindifuse.formats.car``) and ``hdf5`` (an HDF5/NWB file, indexed into the same refs lindi would write; see
 ``lindifuse.formats.hdf5``). The kind is detected from content by ``lindifuse.formats.detect`` (tar magic, ``{``, the HDF5
 signature at offset 0 or at a user-block offset 512, 1024, 2048..., a folder holding
 lindi.json); the extension is only used to word the error when the content matches nothing. A remote tar costs
@@ -55,7 +56,7 @@ class Location:
 
 @dataclass
 class Container:
-    kind: str  # "json", "tar", "dir" or "hdf5"
+    kind: str  # "json", "tar", "dir", "car" or "hdf5"
     source: str  # as given by the user (URL or absolute path)
     remote: bool
     rset: ReferenceSet
@@ -63,7 +64,9 @@ class Container:
     json_size: int
     members: dict[str, tarfmt.Member] = field(default_factory=dict)
     total_size: int | None = None
-    index: Any = None  # for kind "hdf5": the hdf5.load.Loaded that produced rset
+    index: Any = (
+        None  # "hdf5": the hdf5.load.Loaded that produced rset; "car": car.source.CarLoaded
+    )
     # False (--no-local-refs, always for remote sources): references may read only URLs and
     # the container's own members, as for a remote source.
     local_refs: bool = True
@@ -225,6 +228,58 @@ async def _load_hdf5(
     return c
 
 
+async def _load_car(
+    reader: Reader,
+    source: str,
+    remote: bool,
+    total: int | None,
+    head: bytes,
+    settings: Any,
+    fetch_checked: Any,
+) -> Container:
+    from lindifuse.formats.car.source import load_car
+
+    if total is None:
+        raise SourceError(f"{source}: the server did not report the file's size")
+    if remote:
+        validator = await reader.http.validator(source)
+        mtime = time.time()
+
+        async def read_raw(offset: int, size: int) -> bytes:
+            try:
+                return await reader.http.get_range(source, offset, size)
+            except RefError as e:
+                raise SourceError(f"{source}: {e}") from None
+
+        async def fetch(start: int, size: int, check: Any) -> bytes:
+            if fetch_checked is not None:
+                return await fetch_checked(source, start, size, check)
+            data = await reader.http.get_range(source, start, size)
+            check(data)
+            return data
+    else:
+        st = os.stat(source)
+        validator = f"size:{st.st_size}:mtime:{st.st_mtime_ns}"
+        mtime = st.st_mtime
+
+        async def read_raw(offset: int, size: int) -> bytes:
+            try:
+                return await reader.local.read(source, offset, size)
+            except RefError as e:
+                raise SourceError(f"{source}: {e}") from None
+
+        async def fetch(start: int, size: int, check: Any) -> bytes:
+            data = await reader.local.read(source, start, size)
+            check(data)
+            return data
+
+    loaded = await load_car(source, total, head, read_raw, fetch, validator, settings)
+    rset = ReferenceSet(refs=loaded.tree.entries, templates={}, rejected=[], extra={})
+    c = Container("car", source, remote, rset, mtime, 0, total_size=total)
+    c.index = loaded
+    return c
+
+
 async def open_container(
     source: str,
     http: HttpClient,
@@ -232,12 +287,16 @@ async def open_container(
     fetch: Any = None,
     hdf5: HDF5Settings | None = None,
     head_of: Any = None,
+    car: Any = None,
+    fetch_checked: Any = None,
 ) -> Container:
     """Load SOURCE; raise SourceError/FormatError with a one-line message on any problem.
     ``fetch(url, offset, size)``, when given, reads the remote index and lindi.json (cached),
     and an HDF5 file's metadata; ``head_of(url, size) -> (bytes, total)``, when given, reads
     the first bytes of a remote SOURCE (the daemon's fetcher keeps them in the persistent cache,
-    so that a source mounted once mounts again while its server fails, or with --offline)."""
+    so that a source mounted once mounts again while its server fails, or with --offline).
+    ``car`` (a ``car.source.CarSettings``) and ``fetch_checked(url, offset, size, check)``
+    (the fetcher's verifying read: ``check`` runs before anything is cached) serve CAR sources."""
     reader = Reader(http, local, fetch)
     if is_url(source):
         # an HDF5 file by its name: ask for the indexer's whole first window at once, so that
@@ -275,6 +334,8 @@ async def open_container(
             except RefError as e:
                 raise SourceError(str(e)) from None
             rset, jsize = await _rset_from_bytes(raw, source), len(raw)
+        elif kind == "car":
+            return await _load_car(reader, source, True, total, head, car, fetch_checked)
         else:
             return await _load_hdf5(reader, source, True, total, hdf5, head)
         return Container(kind, source, True, rset, time.time(), jsize, members, total)
@@ -307,6 +368,8 @@ async def open_container(
         raw = await trio.Path(path).read_bytes()
         rset = await _rset_from_bytes(raw, source)
         return Container("json", path, False, rset, st.st_mtime, len(raw))
+    if kind == "car":
+        return await _load_car(reader, path, False, st.st_size, head, car, None)
     return await _load_hdf5(reader, path, False, st.st_size, hdf5)
 
 

@@ -1,6 +1,7 @@
 """Content detection: which kind of SOURCE a file is, from its first bytes.
 
-``sniff(head, where)`` answers ``tar``, ``json`` or ``hdf5`` for the first ``HEAD_BYTES`` of a
+``sniff(head, where)`` answers ``tar``, ``json``, ``hdf5`` or ``car`` (a CARv1 header: a varint
+and a DAG-CBOR ``{version: 1, roots}`` map; or the CARv2 pragma) for the first ``HEAD_BYTES`` of a
 source (a ``.lindi.d`` is a directory and is recognised by its ``lindi.json``). The name is only a
 hint, used in error messages and to decide whether to look for an HDF5 superblock after a user
 block. A new format adds its signature here."""
@@ -12,6 +13,7 @@ from lindifuse.errors import FormatError
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 HEAD_BYTES = 1536  # first tar header + the 1024-byte .tar_entry.json data
 HDF5_EXTENSIONS = (".h5", ".hdf5", ".hdf", ".he5", ".nwb")
+CAR_EXTENSIONS = (".car",)
 # The superblock sits at 0 or at a power of two from 512 on (after a user block).
 SUPERBLOCK_OFFSETS = tuple([0] + [512 * 2**i for i in range(14)])  # up to 4 MiB
 
@@ -35,8 +37,16 @@ def looks_hdf5(where: str) -> bool:
     return where.lower().endswith(HDF5_EXTENSIONS)
 
 
+def looks_car(head: bytes) -> bool:
+    """A CARv2 pragma or a whole CARv1 header within ``head``."""
+    from lindifuse.formats.car.framing import looks_like_car
+
+    return looks_like_car(head)
+
+
 def sniff(head: bytes, where: str) -> str:
-    """Kind of a file from its first bytes: 'tar', 'json' or 'hdf5'; FormatError otherwise."""
+    """Kind of a file from its first bytes: 'tar', 'json', 'hdf5' or 'car'; FormatError
+    otherwise."""
     if hdf5_superblock(head) is not None:
         return "hdf5"
     if is_tar_head(head):
@@ -44,6 +54,8 @@ def sniff(head: bytes, where: str) -> str:
     stripped = head.lstrip()
     if stripped.startswith(b"{"):
         return "json"
+    if head[:1] and head[:1] != b"{" and looks_car(head):
+        return "car"
     if where.endswith(".tar"):
         if not head:
             raise FormatError(f"{where}: empty file")
@@ -52,4 +64,15 @@ def sniff(head: bytes, where: str) -> str:
         raise FormatError(f"{where}: empty file")
     if looks_hdf5(where):
         raise FormatError(f"{where}: not an HDF5 file (no HDF5 signature; truncated or damaged?)")
-    raise FormatError(f"{where}: not a LINDI file (neither JSON, tar nor HDF5)")
+    if where.lower().endswith(CAR_EXTENSIONS):
+        from lindifuse.formats.car.framing import CarError, NeedMore, parse_header
+
+        why = "not a CAR file (truncated or damaged header)"
+        try:
+            parse_header(head, len(head))
+        except CarError as e:
+            why = str(e) if str(e).startswith("not a CAR") else f"not a CAR file ({e})"
+        except NeedMore:
+            pass
+        raise FormatError(f"{where}: {why}")
+    raise FormatError(f"{where}: not a LINDI file (neither JSON, tar, HDF5 nor CAR)")

@@ -19,7 +19,13 @@ from typing import Any, Protocol
 
 from lindifuse.cache.memory import MemoryCache
 from lindifuse.errors import RefError
+from lindifuse.formats.car import pieces
+from lindifuse.formats.car.cid import RAW, Cid
+from lindifuse.formats.car.layout import CarFile
+from lindifuse.formats.car.store import CarBlocks
 from lindifuse.formats.container import Container, Location
+from lindifuse.formats.hashes import ChunkMismatch, chunk_hashes, digest_of
+from lindifuse.formats.hashes import checker as hash_checker
 from lindifuse.fs.fetch import Fetcher
 from lindifuse.fs.tree import Node
 from lindifuse.refs import (
@@ -49,9 +55,12 @@ class Resolved:
     offset: int
     stored: int
     size: int
+    car: CarFile | None = None  # a file of verified CAR blocks (lindifuse.formats.car)
 
     def describe(self) -> Any:
         """The JSON form shown in the ``user.lindi.ref`` extended attribute."""
+        if self.car is not None:
+            return {"car": str(self.car.cid)}
         if self.loc is None:
             return "inline"
         return [self.loc.where, self.offset, self.stored]
@@ -110,6 +119,11 @@ class ContentService:
         self._get_value = get_value or container.rset.refs.__getitem__
         self._sizes: dict[str, int] = {}  # sizes of whole-target references
         self._local_sizes: dict[str, int] = {}  # checked sizes of local targets
+        self._car_blocks: CarBlocks | None = None
+        # key -> sha256 hex of chunks whose digest the index records (lindifuse.formats.hashes)
+        self._hashes = chunk_hashes(container.rset.extra) if container.rset.extra else None
+        if self._hashes:
+            self._register_hash_checks()
 
     async def resolve(self, node: Node) -> Resolved:
         cached = node.extra
@@ -158,7 +172,86 @@ class ContentService:
             raise RefError(f"{node.key}: cannot convert for the xarray view: {e}") from None
         return Resolved(data, None, 0, len(data), len(data))
 
+    def _register_hash_checks(self) -> None:
+        """Tell the fetcher which remote ranges carry a recorded digest, so that every fetch
+        of them (a read's or read-ahead's) is checked before it is cached."""
+        assert self._hashes is not None
+        refs, c = self.container.rset.refs, self.container
+        for key in self._hashes:
+            want = digest_of(self._hashes, key)
+            value = refs.get(key)
+            if want is None:
+                continue
+            if type(value) is not list or len(value) != 3:
+                continue
+            try:
+                loc = c.resolve(expand_templates(value[0], c.rset.templates))
+            except (RefError, KeyError):
+                continue
+            if loc.remote:
+                rng = (loc.where, loc.base + value[1], value[2])
+                self.fetcher.fixed_checks[rng] = self._counted(hash_checker(key, want))
+
+    def _counted(self, check: Callable[[bytes], None]) -> Callable[[bytes], None]:
+        stats = self.fetcher.stats
+
+        def run(data: bytes) -> None:
+            try:
+                check(data)
+            except ChunkMismatch:
+                stats.chunk_mismatches += 1
+                raise
+            stats.chunks_verified += 1
+
+        return run
+
+    async def _read_hashed(self, node: Node, r: Resolved, want: str) -> bytes:
+        """The whole stored chunk, checked against its recorded sha256 before it is cached."""
+        loc = r.loc
+        assert loc is not None
+        check = self._counted(hash_checker(node.key, want))
+        if loc.remote:
+            return await self.fetcher.get(loc.where, r.offset, r.stored, check=check)
+
+        async def load() -> bytes:
+            data = await self.local.read(loc.where, r.offset, r.stored)
+            check(data)
+            return data
+
+        return await self.cache.get(("sha256", loc.where, r.offset, r.stored), load)
+
+    def _car_store(self) -> CarBlocks:
+        if self._car_blocks is None:
+            from lindifuse.fs.carfetch import VerifiedFetch
+
+            c = self.container
+            fetch = VerifiedFetch(c.source, c.remote, self.fetcher, self.local, self.cache)
+            self._car_blocks = CarBlocks(c.index.archive.table, fetch, c.source)
+        return self._car_blocks
+
+    async def _car_get(self, cid: Cid) -> bytes:
+        """A verified block of the mounted CAR (see lindifuse.fs.carfetch)."""
+        return await self._car_store().get(cid)
+
+    def _car_size_hint(self, value: CarFile) -> int | None:
+        """The size of a file without reading a block: known from its link or parent, or, for
+        a raw block of a scanned CAR, from its section's extent (checked when read)."""
+        piece = value.piece
+        if piece.size is None and piece.cid is not None and piece.cid.codec == RAW:
+            piece.size = self._car_store().table.data_size(piece.cid.raw, piece.cid.mh)
+        return piece.size
+
+    async def _resolve_car(self, node: Node, value: CarFile) -> Resolved:
+        try:
+            self._car_size_hint(value)
+            size = await pieces.resolve_size(value.piece, self._car_get)
+        except RefError as e:
+            raise RefError(f"{node.key}: {e}") from None
+        return Resolved(None, None, 0, size, size, value)
+
     async def _resolve_value(self, node: Node, value: Any) -> Resolved:
+        if type(value) is CarFile:
+            return await self._resolve_car(node, value)
         if type(value) is Derived:
             return await self._resolve_derived(node, value)
         ref = decode_value(node.key, value)
@@ -264,6 +357,14 @@ class ContentService:
         if node.size >= 0:
             return node.size
         value = self._get_value(node.key)
+        if type(value) is CarFile:
+            try:
+                hint = self._car_size_hint(value)
+            except RefError as e:
+                raise RefError(f"{node.key}: {e}") from None
+            if hint is not None:
+                node.size = hint  # from the link, the parent node or the block table
+                return node.size
         if type(value) is list and len(value) == 3:
             # Fast path for listings: the size is in the reference; no need to resolve it.
             node.size = await self._padded(node, value[2])
@@ -281,6 +382,11 @@ class ContentService:
         end = min(offset + size, r.size)
         if offset >= end:
             return b""
+        if r.car is not None:
+            try:
+                return await pieces.read(r.car.piece, offset, end - offset, self._car_get)
+            except RefError as e:
+                raise RefError(f"{node.key}: {e}") from None
         stored_end = min(end, r.stored)
         data = b""
         if offset < stored_end:
@@ -295,7 +401,11 @@ class ContentService:
     async def _read_stored(self, node: Node, r: Resolved, offset: int, size: int) -> bytes:
         loc = r.loc
         assert loc is not None
+        want = digest_of(self._hashes, node.key)
         try:
+            if want is not None:
+                blob = await self._read_hashed(node, r, want)
+                return blob[offset : offset + size]
             if not loc.remote:
                 if offset == 0 and self.readahead is not None:
                     self.readahead.on_read(node, r)

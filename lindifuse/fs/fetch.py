@@ -151,6 +151,11 @@ class FetchStats:
     stale_urls: int = 0  # URLs served that way (one log line each)
     readahead_window_max: int = 0  # largest window started, in chunks
     readahead_local_bytes: int = 0  # bytes of local sources advised to the kernel (WILLNEED)
+    blocks_verified: int = 0  # content-addressed blocks hashed against their CID (CAR)
+    verified_bytes: int = 0
+    block_mismatches: int = 0  # distinct blocks whose bytes did not match their CID
+    chunks_verified: int = 0  # chunks checked against the sha256 their index records
+    chunk_mismatches: int = 0  # ... that did not match (EIO, never cached)
 
 
 class _Waiter:
@@ -199,6 +204,11 @@ class Fetcher:
         self._noted: dict[str, str] = {}  # URL -> validator recorded in the disk cache
         self._stale: dict[str, str] = {}  # URL -> why its cached bytes are served unconfirmed
         self._held: dict[str, IntervalSet] = {}  # URL -> byte ranges served from disk or network
+        # (url, offset, size) -> verification of fresh bytes (CAR blocks; see ``get``)
+        self._checks: dict[tuple[str, int, int], Callable[[bytes], None]] = {}
+        # the same for the life of the mount: ranges whose digest the index records (chunk
+        # hashes), so that read-ahead's fetches of them are checked too
+        self.fixed_checks: dict[tuple[str, int, int], Callable[[bytes], None]] = {}
 
     # -- background tasks ------------------------------------------------------------------
 
@@ -234,9 +244,23 @@ class Fetcher:
 
     # -- reads ---------------------------------------------------------------------------
 
-    async def get(self, url: str, offset: int, size: int) -> bytes:
-        """``size`` bytes at ``offset`` of ``url``: memory, then disk, then the network."""
-        return await self.memory.get((url, offset, size), lambda: self._load(url, offset, size))
+    async def get(
+        self, url: str, offset: int, size: int, check: Callable[[bytes], None] | None = None
+    ) -> bytes:
+        """``size`` bytes at ``offset`` of ``url``: memory, then disk, then the network.
+
+        ``check(data)``, when given, runs on bytes fresh from the network before they are
+        cached (memory or disk) or returned; if it raises (a CAR block that does not match its
+        hash), nothing is cached and the error goes to the caller. Bytes already in a cache
+        were checked on entry and are trusted by their key."""
+        key = (url, offset, size)
+        if check is None:
+            return await self.memory.get(key, lambda: self._load(url, offset, size))
+        self._checks[key] = check
+        try:
+            return await self.memory.get(key, lambda: self._load(url, offset, size))
+        finally:
+            self._checks.pop(key, None)
 
     async def _version(self, url: str) -> str | None:
         """The validator under which disk entries of ``url`` are looked up: the origin's
@@ -418,6 +442,15 @@ class Fetcher:
             mv = memoryview(body)
             for off, size in span.ranges:
                 piece = body if len(span.ranges) == 1 else bytes(mv[off - span.start :][:size])
+                check = self._checks.get((url, off, size)) or self.fixed_checks.get(
+                    (url, off, size)
+                )
+                if check is not None:
+                    try:
+                        check(piece)
+                    except RefError as e:  # never cached, never served
+                        deliver((off, size), None, e)
+                        continue
                 self._hold(url, off, size)
                 deliver((off, size), piece, None)
                 pieces.append((off, size, piece))

@@ -16,6 +16,7 @@ No pyfuse3 here: ``lindifuse.fs`` maps FUSE requests onto these methods.
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import os
 import tempfile
@@ -26,6 +27,7 @@ import trio
 
 from lindifuse.archive.space import admits, free_bytes, is_no_space, no_space, reserve_for
 from lindifuse.formats import tarfmt
+from lindifuse.formats.hashes import chunk_hashes
 from lindifuse.fs.content import ContentService
 from lindifuse.fs.tree import Node, Tree
 
@@ -373,9 +375,17 @@ class Writer:
                     sib.extra = None
                     sib.size = -1
 
+    def _chunk_hashes(self) -> dict[str, Any] | None:
+        """The archive's recorded chunk digests (lindifuse.formats.hashes), if it keeps them
+        (made with ``lindifuse create --hashes``): a written blob records its sha256 there."""
+        return chunk_hashes(self.doc_extra)
+
     def removed(self, node: Node) -> None:
         """``node`` was unlinked (already detached from the tree)."""
         if self.refs.pop(node.key, None) is not None:
+            self.refs_dirty = True
+        hashes = self._chunk_hashes()
+        if hashes is not None and hashes.pop(node.key, None) is not None:
             self.refs_dirty = True
         self._listing_changed(node.parent)
         st = self.staged.get(node.inode)
@@ -386,11 +396,17 @@ class Writer:
 
     def moved(self, pairs: list[tuple[str, str]]) -> None:
         """Keys renamed by a rename(2): move their references."""
+        hashes = self._chunk_hashes()
         for old, new in pairs:
             value = self.refs.pop(old, None)
             if value is not None:
                 self.refs[new] = value
                 self.refs_dirty = True
+            if hashes is not None:
+                digest = hashes.pop(old, None)
+                hashes.pop(new, None)
+                if digest is not None:
+                    hashes[new] = digest
             node = self.tree.by_key(new)
             if node is not None:
                 self._invalidate(node)
@@ -436,6 +452,9 @@ class Writer:
         elif src.key in self.refs:
             self.refs[dst.key] = copy.deepcopy(self.refs[src.key])
             self.refs_dirty = True
+            hashes = self._chunk_hashes()
+            if hashes is not None and src.key in hashes:
+                hashes[dst.key] = hashes[src.key]
 
     # -- committing -------------------------------------------------------------------------
 
@@ -459,15 +478,18 @@ class Writer:
             st.busy = True
             key = node.key
 
+            hashes = self._chunk_hashes()
+
             def store() -> Any:  # in one worker thread: read the file, append it if a blob
                 data = st.read_all()
                 if tarfmt.lindi_inline_rule(key, len(data)):
-                    return tarfmt.inline_value(key, data, exact=True)
+                    return tarfmt.inline_value(key, data, exact=True), None
                 member = self.archive.append_blob("blobs/" + key, data)
-                return ["./" + member.name, 0, len(data)]
+                digest = hashlib.sha256(data).hexdigest() if hashes is not None else None
+                return ["./" + member.name, 0, len(data)], digest
 
             try:
-                value = await trio.to_thread.run_sync(store)
+                value, digest = await trio.to_thread.run_sync(store)
             finally:
                 st.busy = False
                 if st.closing:
@@ -475,6 +497,10 @@ class Writer:
             if node.inode not in self.tree.nodes:
                 return  # unlinked meanwhile: the appended blob stays unreferenced
             self.refs[node.key] = value  # its current name, if it was renamed meanwhile
+            if hashes is not None:
+                hashes.pop(node.key, None)
+                if digest is not None:
+                    hashes[node.key] = digest
             if st.gen == gen:
                 st.dirty = False
             self.refs_dirty = True

@@ -20,7 +20,13 @@ from lindifuse.formats.container import (
 from lindifuse.formats.detect import HEAD_BYTES, is_tar_head
 from lindifuse.fs.fetch import Fetcher
 from lindifuse.fs.filesystem import FileSystem
-from lindifuse.service.parts import close_clients, hdf5_settings, http_client, open_disk_cache
+from lindifuse.service.parts import (
+    car_settings,
+    close_clients,
+    hdf5_settings,
+    http_client,
+    open_disk_cache,
+)
 from lindifuse.sources.base import is_url
 from lindifuse.sources.http import HttpClient
 from lindifuse.sources.local import LocalFiles
@@ -30,6 +36,14 @@ log = logging.getLogger(__name__)
 
 def _log_index(c: Container) -> None:
     ix = c.index
+    if c.kind == "car":
+        log.info("%s", ix.describe())
+        if ix.problems:
+            more = f" (and {len(ix.problems) - 1} more)" if len(ix.problems) > 1 else ""
+            log.warning("%s%s", ix.problems[0], more)
+            for p in ix.problems[1:]:
+                log.debug("%s", p)
+        return
     if ix.from_cache:
         log.info("%s: HDF5 index from the cache (%.2fs)", c.source, ix.seconds)
         return
@@ -107,6 +121,8 @@ async def build_filesystem(opts: Any, progress: Any = None) -> FileSystem:
             fetch=fetcher.get,
             head_of=fetcher.head,
             hdf5=hdf5_settings(opts, progress),
+            car=car_settings(opts),
+            fetch_checked=lambda url, off, size, check: fetcher.get(url, off, size, check=check),
         )
         if container.index is not None:
             _log_index(container)

@@ -54,6 +54,7 @@ class MountOptions:
     timeout: float | None = None  # seconds without an answer before a request fails
     allowed_hosts: list[str] = field(default_factory=list)  # hosts references may reach
     no_local_refs: bool = False  # a local source may not reference local files either
+    root: str | None = None  # --root CID: the DAG of a CAR source to mount (default: its first)
 
 
 def setup_logging(log_file: str | None, level: str) -> None:

@@ -67,6 +67,18 @@ def hdf5_settings(opts: Any, progress: Any = None) -> HDF5Settings:
     return HDF5Settings(cache=cache, progress=progress)
 
 
+def car_settings(opts: Any) -> Any:
+    """How the mount opens a CAR source: ``--root CID``; scanned block tables kept beside the
+    HDF5 indexes in the persistent cache's directory (none with --no-cache)."""
+    from lindifuse.formats.car.load import TableCache
+    from lindifuse.formats.car.source import CarSettings
+
+    cache = None
+    if not getattr(opts, "no_cache", False):
+        cache = TableCache(getattr(opts, "cache_dir", None) or default_cache_dir())
+    return CarSettings(root=getattr(opts, "root", None), cache=cache)
+
+
 def http_client(opts: Any) -> HttpClient:
     """The mount's HTTP client, as the options ask (--timeout, --offline, --allowed-hosts)."""
     return HttpClient(

@@ -1,0 +1,1 @@
+"""CAR (Content Addressable aRchive) sources: framing, layouts, block verification."""

@@ -1,0 +1,192 @@
+"""The block table of one CAR: multihash -> section extent, and its cache form.
+
+CARv1 has no index, so its sections are scanned once (:func:`lindifuse.formats.car.framing.scan`)
+and the table is kept in the index cache (``to_bytes``/``from_bytes``) so the next mount
+reads no section. CARv2 with a MultihashIndexSorted index gives section offsets only: the
+extent of a section is bounded by the next indexed offset (the reader parses the section's
+own varint for its exact end, so an unindexed section in between does no harm).
+"""
+
+from __future__ import annotations
+
+import bisect
+import struct
+import sys
+from array import array
+from collections.abc import Iterable
+from typing import Any
+
+from lindifuse.formats.car.cid import varint
+from lindifuse.formats.car.framing import CarError
+
+MAGIC = b"LFCARBT3"
+
+
+def _u64(values: list[int]) -> array:
+    a = array("Q", values)
+    if sys.byteorder != "little":
+        a.byteswap()
+    return a
+
+
+def _u64_from(raw: bytes, pos: int, n: int) -> array:
+    a = array("Q")
+    a.frombytes(raw[pos : pos + 8 * n])
+    if sys.byteorder != "little":
+        a.byteswap()
+    return a
+
+
+class _Run:
+    """``n`` sorted multihashes of ``width`` bytes back to back in ``raw``, as a sequence (for
+    ``bisect``): item ``i`` is sliced out when asked for."""
+
+    __slots__ = ("raw", "pos", "width", "n")
+
+    def __init__(self, raw: bytes, pos: int, width: int, n: int) -> None:
+        self.raw, self.pos, self.width, self.n = raw, pos, width, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> bytes:
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        at = self.pos + i * self.width
+        return self.raw[at : at + self.width]
+
+
+class BlockTable:
+    """Where each block's section lies: ``get(mh)`` -> (start, bound), absolute offsets.
+
+    Filled by a scan or an index as a dict; read back from the cache as sorted fixed-width
+    multihash runs (one per multihash length) searched by bisection, with ``array`` offsets,
+    so loading the table of a CAR of 100,000 blocks creates no per-block Python object (a
+    few milliseconds, and no numpy import)."""
+
+    __slots__ = ("_loc", "_groups", "_count", "exact")
+
+    def __init__(self, exact: bool = True) -> None:
+        self._loc: dict[bytes, tuple[int, int]] | None = {}
+        # width -> (sorted digests 'S<width>', starts, bounds), for a table loaded from bytes
+        self._groups: dict[int, tuple[Any, Any, Any]] = {}
+        self._count = 0
+        # True: each extent is exactly its section (scanned); False: an upper bound (an index)
+        self.exact = exact
+
+    def __len__(self) -> int:
+        return len(self._loc) if self._loc is not None else self._count
+
+    def __contains__(self, mh: bytes) -> bool:
+        return self.get(mh) is not None
+
+    def get(self, mh: bytes) -> tuple[int, int] | None:
+        if self._loc is not None:
+            return self._loc.get(mh)
+        group = self._groups.get(len(mh))
+        if group is None:
+            return None
+        keys, starts, bounds = group
+        i = bisect.bisect_left(keys, mh)
+        if i < len(keys) and keys[i] == mh:
+            return starts[i], bounds[i]
+        return None
+
+    def items(self) -> list[tuple[bytes, tuple[int, int]]]:
+        if self._loc is not None:
+            return list(self._loc.items())
+        out = []
+        for keys, starts, bounds in self._groups.values():
+            mhs = [keys[i] for i in range(len(keys))]
+            out.extend(zip(mhs, zip(starts.tolist(), bounds.tolist(), strict=True), strict=True))
+        return out
+
+    def add_sections(self, sections: Iterable[tuple[bytes, int, int]]) -> None:
+        """(multihash, start, end) of scanned sections; a repeated block: the first serves."""
+        loc = self._loc
+        assert loc is not None, "a table read back from the cache is not added to"
+        for mh, start, end in sections:
+            if mh not in loc:
+                loc[mh] = (start, end)
+
+    def data_size(self, cid_raw: bytes, mh: bytes) -> int | None:
+        """The block size of an exactly known section whose CID is ``cid_raw`` (the reader
+        checks it again when the block is read): lets a listing show the size of a raw chunk
+        without reading it. None when unknown."""
+        loc = self.get(mh)
+        if loc is None or not self.exact:
+            return None
+        total = loc[1] - loc[0]
+        for k in range(1, 10):
+            length = total - k
+            if length >= 0 and len(varint(length)) == k:
+                size = length - len(cid_raw)
+                return size if size >= 0 else None
+        return None
+
+    @classmethod
+    def from_index(
+        cls, pairs: Iterable[tuple[bytes, int]], payload: int, first: int, end: int
+    ) -> BlockTable:
+        """From CARv2 index pairs (multihash, offset relative to the payload)."""
+        table = cls(exact=False)
+        loc = table._loc
+        assert loc is not None
+        items = sorted((payload + off, mh) for mh, off in pairs)
+        for i, (start, mh) in enumerate(items):
+            if not first <= start < end:
+                raise CarError(f"CARv2 index offset {start - payload} lies outside the data")
+            bound = end
+            j = i + 1
+            while j < len(items) and items[j][0] == start:
+                j += 1
+            if j < len(items):
+                bound = items[j][0]
+            loc.setdefault(mh, (start, bound))
+        return table
+
+    def to_bytes(self) -> bytes:
+        """MAGIC, count, exact flag, group count; per group (multihashes of one length):
+        width (u16) and count (u32), the sorted multihashes, then starts and bounds (u64 LE)."""
+        by_width: dict[int, list[tuple[bytes, tuple[int, int]]]] = {}
+        for mh, loc in self.items():
+            by_width.setdefault(len(mh), []).append((mh, loc))
+        parts = [MAGIC, struct.pack("<IBH", len(self), 1 if self.exact else 0, len(by_width))]
+        for width, rows in sorted(by_width.items()):
+            rows.sort()
+            parts.append(struct.pack("<HI", width, len(rows)))
+            parts.append(b"".join(mh for mh, _ in rows))
+            parts.append(_u64([r[1][0] for r in rows]).tobytes())
+            parts.append(_u64([r[1][1] for r in rows]).tobytes())
+        return b"".join(parts)
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> BlockTable:
+        """Inverse of ``to_bytes``; ValueError when ``raw`` is not such a table."""
+        if not raw.startswith(MAGIC) or len(raw) < len(MAGIC) + 7:
+            raise ValueError("not a CAR block table")
+        count, exact, ngroups = struct.unpack_from("<IBH", raw, len(MAGIC))
+        pos = len(MAGIC) + 7
+        table = cls(exact=bool(exact))
+        table._loc = None
+        total = 0
+        for _ in range(ngroups):
+            if pos + 6 > len(raw):
+                raise ValueError("truncated CAR block table")
+            width, n = struct.unpack_from("<HI", raw, pos)
+            pos += 6
+            need = n * (width + 16)
+            if width == 0 or pos + need > len(raw):
+                raise ValueError("truncated CAR block table")
+            keys = _Run(raw, pos, width, n)
+            pos += n * width
+            starts = _u64_from(raw, pos, n)
+            pos += 8 * n
+            bounds = _u64_from(raw, pos, n)
+            pos += 8 * n
+            table._groups[width] = (keys, starts, bounds)
+            total += n
+        if pos != len(raw) or total != count:
+            raise ValueError("CAR block table: wrong length")
+        table._count = count
+        return table

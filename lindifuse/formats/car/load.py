@@ -1,0 +1,184 @@
+"""Open a CAR: header, block table (CARv2 index, cached scan or a fresh scan), root.
+
+``open_car`` reads through ``read(offset, size)`` (local file or HTTP range, supplied by the
+caller) and never reads a block's bytes to build the table: a CARv2 index gives section
+offsets; a CARv1 is scanned once, section header by section header, in windows of
+``SCAN_WINDOW`` bytes, and the table is kept by the caller's cache (``TableCache``, beside the
+HDF5 indexes, keyed by source and version) so the next mount of an unchanged file reads no
+section at all. A CAR cut short mounts what it holds: the scan stops at the broken section
+and says so (one line); blocks after it are missing (EIO for the files that need them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from lindifuse.errors import FormatError
+from lindifuse.formats.car.blocks import BlockTable
+from lindifuse.formats.car.cid import Cid, cid_from_string
+from lindifuse.formats.car.framing import (
+    CarError,
+    CarHeader,
+    NeedMore,
+    parse_header,
+    read_index,
+    scan,
+)
+
+log = logging.getLogger(__name__)
+
+ReadAt = Callable[[int, int], Awaitable[bytes]]
+SCAN_WINDOW = 8 * 2**20
+TABLE_FORMAT = 1
+
+
+@dataclass
+class CarArchive:
+    where: str
+    size: int
+    header: CarHeader
+    table: BlockTable
+    root: Cid
+    problems: list[str] = field(default_factory=list)
+    how: str = "scan"  # "scan", "index" (CARv2) or "cache"
+
+
+class TableCache:
+    """Block tables of scanned CARs, one file each under ``<cache dir>/indexes``."""
+
+    def __init__(self, directory: str) -> None:
+        self.root = os.path.join(directory, "indexes")
+
+    @staticmethod
+    def key(source: str, validator: str) -> str:
+        raw = json.dumps(["car-table", TABLE_FORMAT, source, validator])
+        return hashlib.sha256(raw.encode()).hexdigest()
+
+    def _path(self, key: str) -> str:
+        return os.path.join(self.root, key[:2], key + ".car")
+
+    def get(self, key: str) -> BlockTable | None:
+        try:
+            with open(self._path(key), "rb") as f:
+                raw = f.read()
+        except OSError:
+            return None
+        try:
+            return BlockTable.from_bytes(raw)
+        except ValueError:
+            log.warning("cached CAR block table %s is damaged: scanning again", self._path(key))
+            return None
+
+    def put(self, key: str, table: BlockTable) -> None:
+        path = self._path(key)
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(table.to_bytes())
+                os.replace(tmp, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+        except OSError as e:  # a full or read-only cache never fails a mount
+            log.warning("cannot keep the CAR block table in %s: %s", self.root, e)
+
+
+async def read_header(where: str, size: int, read: ReadAt, head: bytes) -> CarHeader:
+    buf = head
+    for _ in range(8):
+        try:
+            return parse_header(buf, size)
+        except NeedMore as e:
+            if e.need > size:
+                raise FormatError(f"{where}: truncated CAR header") from None
+            buf = await read(0, min(size, max(e.need, 2 * len(buf))))
+        except CarError as e:
+            raise FormatError(f"{where}: {e}") from None
+    raise FormatError(f"{where}: CAR header too large")
+
+
+async def scan_table(
+    where: str, header: CarHeader, size: int, read: ReadAt, problems: list[str]
+) -> BlockTable:
+    table = BlockTable()
+    limit = header.payload_end if header.payload_end is not None else size
+    pos = header.first_section
+    while pos < limit:
+        buf = await read(pos, min(SCAN_WINDOW, limit - pos))
+        if not buf:
+            problems.append(f"{where}: truncated CAR: no data at offset {pos} (size {limit})")
+            break
+        sections, nxt, problem = scan(buf, pos, pos, limit)
+        table.add_sections(sections)
+        if problem is not None:
+            problems.append(f"{where}: {problem}; the {len(table)} blocks before it are served")
+            break
+        if nxt == pos:  # the first section header does not fit the window: the file is cut
+            problems.append(f"{where}: truncated CAR: section header at offset {pos} is cut")
+            break
+        pos = nxt
+    return table
+
+
+async def open_car(
+    where: str,
+    size: int,
+    read: ReadAt,
+    head: bytes = b"",
+    *,
+    root: str | None = None,
+    cache: TableCache | None = None,
+    validator: str | None = None,
+) -> CarArchive:
+    """Open the CAR ``where`` of ``size`` bytes. FormatError for a bad header or root."""
+    header = await read_header(where, size, read, head)
+    if not header.roots and root is None:
+        raise FormatError(f"{where}: the CAR names no root (give one with --root CID)")
+    problems: list[str] = []
+    if root is not None:
+        chosen = cid_from_string(root)
+    else:
+        chosen = header.roots[0]
+        if len(header.roots) > 1:
+            log.info(
+                "%s: %d roots; mounting the first, %s (choose another with --root CID)",
+                where,
+                len(header.roots),
+                chosen,
+            )
+    key = TableCache.key(where, validator) if cache is not None and validator else None
+    if key is not None and cache is not None:
+        import trio
+
+        table = await trio.to_thread.run_sync(cache.get, key)
+        if table is not None:
+            return CarArchive(where, size, header, table, chosen, problems, "cache")
+    table = None
+    how = "scan"
+    if header.version == 2 and header.index_offset:
+        try:
+            raw = await read(header.index_offset, size - header.index_offset)
+            assert header.payload_end is not None
+            table = BlockTable.from_index(
+                read_index(raw), header.payload, header.first_section, header.payload_end
+            )
+            how = "index"
+        except CarError as e:
+            problems.append(f"{where}: CARv2 index unusable ({e}); scanning the data instead")
+    if table is None:
+        table = await scan_table(where, header, size, read, problems)
+        if key is not None and cache is not None and not problems:
+            import trio
+
+            await trio.to_thread.run_sync(cache.put, key, table)
+    return CarArchive(where, size, header, table, chosen, problems, how)
