@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lindifuse import tarfmt
+from lindifuse.formats import tarfmt
 
 BLOCK = tarfmt.BLOCK
 ENTRY_SIZE = tarfmt.ENTRY_SIZE

@@ -16,12 +16,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import trio  # noqa: E402
 
-import lindifuse.hdf5.indexer  # noqa: E402,F401  (imported before the clock starts, like lindi)
-from lindifuse.cache import MemoryCache  # noqa: E402
-from lindifuse.containers import HDF5Settings, open_container  # noqa: E402
-from lindifuse.fetch import Fetcher  # noqa: E402
-from lindifuse.hdf5.options import IndexOptions  # noqa: E402
-from lindifuse.sources import HttpClient, LocalFiles  # noqa: E402
+import lindifuse.formats.hdf5.indexer  # noqa: E402,F401  (imported before the clock starts, like lindi)
+from lindifuse.cache.memory import MemoryCache  # noqa: E402
+from lindifuse.formats.container import HDF5Settings, open_container  # noqa: E402
+from lindifuse.formats.hdf5.options import IndexOptions  # noqa: E402
+from lindifuse.fs.fetch import Fetcher  # noqa: E402
+from lindifuse.sources.http import HttpClient
+from lindifuse.sources.local import LocalFiles  # noqa: E402
 
 
 async def _timed(source: str, options: IndexOptions) -> tuple[float, int]:

@@ -170,7 +170,7 @@ class Bench:
 
 def import_seconds() -> float:
     code = (
-        "import time, lindifuse.daemon; t = time.perf_counter(); import lindifuse.xview; "
+        "import time, lindifuse.service.daemon; t = time.perf_counter(); import lindifuse.fs.xview; "
         "print(time.perf_counter() - t)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

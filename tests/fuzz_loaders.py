@@ -4,8 +4,8 @@ deleted are fed to everything that reads a SOURCE:
 
 - ``containers.open_container`` (what ``lindifuse mount`` and ``info`` load), then the key
   namespace (``Tree.from_keys``) and every reference decoded (``refs.decode_value``);
-- ``archive.open_archive`` read-only, and writable (its crash *recovery*, on a copy);
-- ``archive.check`` (``lindifuse check``).
+- ``archive_open.open_archive`` read-only, and writable (its crash *recovery*, on a copy);
+- ``archive_check.check`` (``lindifuse check``).
 
 Each must end in a result or the project's own one-line error (``LindiError``), never another
 exception, a hang or a message with a newline. A failure prints the seed and case number that
@@ -85,11 +85,11 @@ def _one_line(e: BaseException) -> bool:
 
 async def _load(path: str) -> str:
     """open_container + tree + every reference decoded: 'mounted' or 'error'."""
-    from lindifuse.containers import open_container
     from lindifuse.errors import LindiError, RefError
+    from lindifuse.formats.container import open_container
+    from lindifuse.fs.tree import Tree
     from lindifuse.refs import decode_value
-    from lindifuse.sources import LocalFiles
-    from lindifuse.tree import Tree
+    from lindifuse.sources.local import LocalFiles
 
     # A local SOURCE never touches the HTTP client (its references are only resolved here).
     http, local = None, LocalFiles()
@@ -118,7 +118,8 @@ def check_case(path: Path) -> list[str]:
     """Run every loader on ``path``; the outcome labels (raises on a defect)."""
     import trio
 
-    from lindifuse import archive
+    from lindifuse.archive import check as archive_check
+    from lindifuse.archive import open as archive_open
     from lindifuse.errors import LindiError
 
     labels = [trio.run(_load, str(path))]
@@ -133,7 +134,7 @@ def check_case(path: Path) -> list[str]:
             else:
                 shutil.copyfile(path, work)
         try:
-            a = archive.open_archive(str(work), writable=writable)
+            a = archive_open.open_archive(str(work), writable=writable)
         except LindiError as e:
             if not _one_line(e):
                 raise AssertionError(f"multi-line or empty error: {e!r}") from None
@@ -144,7 +145,7 @@ def check_case(path: Path) -> list[str]:
         finally:
             if writable:
                 shutil.rmtree(work, ignore_errors=True) if work.is_dir() else work.unlink()
-    problems = archive.check(str(path))
+    problems = archive_check.check(str(path))
     assert all(isinstance(p, str) and "\n" not in p for p in problems), problems
     labels.append("check-clean" if not problems else "check-problems")
     return labels

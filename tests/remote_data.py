@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from lindifuse import tarfmt
+from lindifuse.formats import tarfmt
 
 MARKER = "lindifuse-remote-test-marker"
 

@@ -23,9 +23,15 @@ from pathlib import Path
 
 import pytest
 
-from lindifuse import archive, tarfmt
-from lindifuse.archive import DirArchive, TarArchive
+from lindifuse.archive import base as archive_base
+from lindifuse.archive import check as archive_check
+from lindifuse.archive import compact as archive_compact
+from lindifuse.archive import create as archive_create
+from lindifuse.archive import open as archive_open
+from lindifuse.archive.directory import DirArchive
+from lindifuse.archive.tar import TarArchive
 from lindifuse.errors import FormatError, SourceError
+from lindifuse.formats import tarfmt
 from lindifuse.refs import Inline, decode_value
 
 REPO = Path(__file__).resolve().parent.parent
@@ -135,7 +141,7 @@ def tar_names(path) -> list[str]:
 
 def new_tar(tmp_path, name="a.lindi.tar", rfs=None) -> Path:
     p = tmp_path / name
-    archive.create(str(p), rfs)
+    archive_create.create(str(p), rfs)
     return p
 
 
@@ -149,11 +155,11 @@ def new_tar(tmp_path, name="a.lindi.tar", rfs=None) -> Path:
 def test_create_is_byte_identical_to_lindi(tmp_path, lindi, rfs):
     ours = new_tar(tmp_path, "ours.lindi.tar", rfs)
     theirs = tmp_path / "theirs.lindi.tar"
-    lindi("create", theirs, json.dumps(rfs or archive.EMPTY_RFS))
+    lindi("create", theirs, json.dumps(rfs or archive_base.EMPTY_RFS))
     assert ours.read_bytes() == theirs.read_bytes()
     ours_d, theirs_d = tmp_path / "ours.lindi.d", tmp_path / "theirs.lindi.d"
-    archive.create(str(ours_d), rfs)
-    lindi("create", theirs_d, json.dumps(rfs or archive.EMPTY_RFS))
+    archive_create.create(str(ours_d), rfs)
+    lindi("create", theirs_d, json.dumps(rfs or archive_base.EMPTY_RFS))
     assert (ours_d / "lindi.json").read_bytes() == (theirs_d / "lindi.json").read_bytes()
 
 
@@ -164,9 +170,9 @@ def test_create_and_open(tmp_path):
         assert sorted(a.members) == [".tar_entry.json", ".tar_index.json", "lindi.json"]
         assert a.end == p.stat().st_size - 1024
         assert a.recovered == []
-    assert archive.check(str(p)) == []
+    assert archive_check.check(str(p)) == []
     with pytest.raises(FileExistsError):
-        archive.create(str(p))
+        archive_create.create(str(p))
     if HAVE_TAR:
         assert tar_names(p) == [".tar_entry.json", ".tar_index.json", "lindi.json"]
 
@@ -193,7 +199,7 @@ def test_append_commit_reopen(tmp_path):
         assert a.recovered == []
         assert our_view(a) == expected
         assert a.read_member("blobs/x/1") == content("x/1", 512)
-    assert archive.check(str(p)) == []
+    assert archive_check.check(str(p)) == []
 
 
 def test_blob_from_file_and_long_names(tmp_path):
@@ -212,7 +218,7 @@ def test_blob_from_file_and_long_names(tmp_path):
         expected = our_view(a)
     with TarArchive.open(str(p)) as a:
         assert our_view(a) == expected
-    assert archive.check(str(p)) == []
+    assert archive_check.check(str(p)) == []
     if HAVE_TAR:
         x = tmp_path / "x"
         x.mkdir()
@@ -243,7 +249,7 @@ def test_commits_reuse_spares_and_do_not_grow_the_file(tmp_path):
             a.commit(a.rfs, durable=False)
         assert p.stat().st_size == size
         assert len(a.spares) == 2
-    assert archive.check(str(p)) == []
+    assert archive_check.check(str(p)) == []
     with TarArchive.open(str(p)) as a:
         assert a.rfs["refs"]["k99"] == "v99"
 
@@ -282,7 +288,7 @@ def test_growing_lindi_json_appends_a_new_padded_member(tmp_path, lindi):
         a.commit(a.rfs)
         assert a.members[".tar_index.json"].s > 8192
         expected = our_view(a)
-    assert archive.check(str(p)) == []
+    assert archive_check.check(str(p)) == []
     assert lindi_dump(lindi, p)[str(p)] == expected
 
 
@@ -342,14 +348,14 @@ def test_lindi_written_archive_round_trip(tmp_path, lindi):
     assert lindi_dump(lindi, p)[str(p)] == mine
     # lindi extends what we wrote (r+), and we read and extend it again
     lindi("write", p, "g2", 5, 600)
-    assert archive.check(str(p)) == []
+    assert archive_check.check(str(p)) == []
     after_lindi = lindi_dump(lindi, p)[str(p)]
     with TarArchive.open(str(p), writable=True) as a:
         assert a.recovered == []
         assert our_view(a) == after_lindi
         a.rfs["refs"]["last"] = "x"
         a.commit(a.rfs)
-    assert archive.check(str(p)) == []
+    assert archive_check.check(str(p)) == []
     assert json.loads(lindi("read", p, "g2/v").stdout) == [5.0 + i for i in range(600)]
     assert json.loads(lindi("read", p, "g1/v").stdout)[:3] == [0.0, 1.0, 2.0]
     if HAVE_TAR:  # tar xf gives a .lindi.d that lindi and we read the same way
@@ -375,8 +381,8 @@ def test_dir_archive_with_lindi(tmp_path, lindi):
         add_blobs(a, {"new/deep/0": 3000})
         a.commit(a.rfs)
         expected = our_view(a)
-    assert not (d / archive.TMP_DIR).exists() or not os.listdir(d / archive.TMP_DIR)
-    assert archive.check(str(d)) == []
+    assert not (d / archive_base.TMP_DIR).exists() or not os.listdir(d / archive_base.TMP_DIR)
+    assert archive_check.check(str(d)) == []
     assert lindi_dump(lindi, d)[str(d)] == expected
     lindi("write", d, "g2", 1, 500)
     with DirArchive.open(str(d), writable=True) as a:
@@ -385,21 +391,21 @@ def test_dir_archive_with_lindi(tmp_path, lindi):
 
 def test_dir_check_and_repair(tmp_path):
     d = tmp_path / "a.lindi.d"
-    archive.create(str(d))
+    archive_create.create(str(d))
     with DirArchive.open(str(d), writable=True) as a:
         add_blobs(a, {"x/0": 2000})
         a.commit(a.rfs)
         a.append_blob("blobs/x/1", b"uncommitted")
         with pytest.raises(SourceError):
             DirArchive.open(str(d), writable=True)
-    (d / archive.TMP_DIR).mkdir(exist_ok=True)
-    (d / archive.TMP_DIR / "partial").write_bytes(b"x")
-    problems = archive.check(str(d))
+    (d / archive_base.TMP_DIR).mkdir(exist_ok=True)
+    (d / archive_base.TMP_DIR / "partial").write_bytes(b"x")
+    problems = archive_check.check(str(d))
     # the uncommitted blob is not a problem (like a tar's unreferenced members), the temp file is
     assert len(problems) == 1 and "unfinished" in problems[0], problems
-    fixes = archive.repair(str(d))
+    fixes = archive_check.repair(str(d))
     assert len(fixes) == 2
-    assert archive.check(str(d)) == []
+    assert archive_check.check(str(d)) == []
     with DirArchive.open(str(d)) as a:
         assert our_view(a)["x/0"] == content("x/0", 2000)
         a.rfs["refs"]["x/0"][2] = 5000
@@ -407,7 +413,7 @@ def test_dir_check_and_repair(tmp_path):
     lj = json.loads((d / "lindi.json").read_text())
     lj["refs"]["x/0"][2] = 5000
     (d / "lindi.json").write_text(json.dumps(lj))
-    assert any("runs past" in p for p in archive.check(str(d)))
+    assert any("runs past" in p for p in archive_check.check(str(d)))
 
 
 # -- recovery -------------------------------------------------------------------------
@@ -428,12 +434,12 @@ def test_uncommitted_tail_is_discarded(tmp_path):
         assert our_view(r) == state
         assert r.recovered
     assert p.read_bytes() == dirty
-    assert archive.check(str(p)) != []
+    assert archive_check.check(str(p)) != []
     with TarArchive.open(str(p), writable=True) as a:
         assert any("discarded 2 uncommitted" in line for line in a.recovered)
         assert our_view(a) == state
     assert p.read_bytes() == committed
-    assert archive.check(str(p)) == []
+    assert archive_check.check(str(p)) == []
 
 
 @pytest.mark.skipif(not HAVE_TAR, reason="GNU tar not installed")
@@ -441,9 +447,9 @@ def test_tar_appended_member_is_discarded(tmp_path):
     p = new_tar(tmp_path)
     (tmp_path / "extra").write_bytes(b"hello")
     subprocess.run(["tar", "rf", str(p), "-C", str(tmp_path), "extra"], check=True)
-    assert any("unindexed member 'extra'" in x for x in archive.check(str(p)))
-    fixes = archive.repair(str(p))
-    assert fixes and archive.check(str(p)) == []
+    assert any("unindexed member 'extra'" in x for x in archive_check.check(str(p)))
+    fixes = archive_check.repair(str(p))
+    assert fixes and archive_check.check(str(p)) == []
     assert "extra" not in tar_names(p)
 
 
@@ -456,7 +462,7 @@ def test_recovers_from_lindi_crash_before_its_index_update(tmp_path, lindi, big_
     with TarArchive.open(str(p), writable=True) as a:
         assert any("adopted" in line for line in a.recovered)
         assert "g2/v/3" in a.rfs["refs"]
-    assert archive.check(str(p)) == []
+    assert archive_check.check(str(p)) == []
     assert json.loads(lindi("read", p, "g2/v").stdout) == [7.0 + i for i in range(1000)]
     assert json.loads(lindi("read", p, "g1/v").stdout)[-1] == 499.0
 
@@ -473,11 +479,11 @@ def test_header_names_fixed_on_open_and_by_repair(tmp_path):
             h = f.read(512)
             f.seek(m.o)
             f.write(tarfmt.rename_header(h, name))
-    problems = archive.check(str(p))
+    problems = archive_check.check(str(p))
     assert len(problems) == 2 and all("but the index says" in x for x in problems)
-    fixes = archive.repair(str(p))
+    fixes = archive_check.repair(str(p))
     assert len(fixes) == 2
-    assert archive.check(str(p)) == []
+    assert archive_check.check(str(p)) == []
 
 
 def test_repair_rolls_back_to_previous_state_when_lindi_json_is_lost(tmp_path):
@@ -491,12 +497,12 @@ def test_repair_rolls_back_to_previous_state_when_lindi_json_is_lost(tmp_path):
     with open(p, "r+b") as f:
         f.seek(lj.d)
         f.write(b"-" * lj.s)
-    assert archive.check(str(p))
+    assert archive_check.check(str(p))
     with pytest.raises(FormatError):
         TarArchive.open(str(p), writable=True)
-    fixes = archive.repair(str(p))
+    fixes = archive_check.repair(str(p))
     assert any("re-pointed" in x for x in fixes)
-    assert archive.check(str(p)) == []
+    assert archive_check.check(str(p)) == []
     with TarArchive.open(str(p)) as a:
         assert a.rfs["refs"]["k"] == "first"
 
@@ -510,8 +516,8 @@ def test_repair_rescues_a_destroyed_entry(tmp_path):
     with open(p, "r+b") as f:
         f.seek(512)
         f.write(b"\0" * 1024)
-    fixes = archive.repair(str(p))
-    assert fixes and archive.check(str(p)) == []
+    fixes = archive_check.repair(str(p))
+    assert fixes and archive_check.check(str(p)) == []
     with TarArchive.open(str(p)) as a:
         assert our_view(a) == state
 
@@ -523,7 +529,7 @@ def test_check_reports_out_of_bounds_and_missing_members(tmp_path):
         a.rfs["refs"]["x/1"] = ["./blobs/x/0", 500, 501]
         a.rfs["refs"]["x/2"] = ["./blobs/nope", 0, 1]
         a.commit(a.rfs)
-    problems = archive.check(str(p))
+    problems = archive_check.check(str(p))
     assert len(problems) == 2
     assert any("runs past" in x for x in problems) and any("nope" in x for x in problems)
 
@@ -549,10 +555,10 @@ def test_compact(tmp_path, lindi, dst_name):
         state = our_view(a)
         rfs = a.rfs
     dst = tmp_path / dst_name
-    dropped = archive.compact(str(p), str(dst))
+    dropped = archive_compact.compact(str(p), str(dst))
     assert "blobs/x/0" in dropped and "blobs/x/0.v5" not in dropped
-    assert archive.check(str(dst)) == []
-    with archive.open_archive(str(dst)) as c:
+    assert archive_check.check(str(dst)) == []
+    with archive_open.open_archive(str(dst)) as c:
         assert c.rfs == rfs and our_view(c) == state
     if dst_name.endswith(".tar"):
         assert dst.stat().st_size < p.stat().st_size
@@ -561,8 +567,8 @@ def test_compact(tmp_path, lindi, dst_name):
         back = tmp_path / "back.lindi.d"
     else:
         back = tmp_path / "back.lindi.tar"
-    archive.compact(str(dst), str(back))  # and back to the other kind
-    with archive.open_archive(str(back)) as c:
+    archive_compact.compact(str(dst), str(back))  # and back to the other kind
+    with archive_open.open_archive(str(back)) as c:
         assert our_view(c) == state
     assert lindi_dump(lindi, dst, back) == {str(dst): state, str(back): state}
 
@@ -571,7 +577,11 @@ def test_compact(tmp_path, lindi, dst_name):
 
 CHILD = r"""
 import hashlib, json, os, signal, sys
-from lindifuse import archive
+from lindifuse.archive import base as archive_base
+from lindifuse.archive import check as archive_check
+from lindifuse.archive import compact as archive_compact
+from lindifuse.archive import create as archive_create
+from lindifuse.archive import open as archive_open
 
 path, kill_at, spec = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
 
@@ -579,7 +589,7 @@ def content(key, size):
     seed = hashlib.sha256(key.encode()).digest()
     return (seed * (size // len(seed) + 1))[:size]
 
-a = archive.open_archive(path, writable=True)
+a = archive_open.open_archive(path, writable=True)
 calls = 0
 
 def wrap(f):
@@ -636,7 +646,7 @@ def _verify_crashed(path: Path, old: dict[str, bytes], new: dict[str, bytes]) ->
     assert seen in (old, new)
     with TarArchive.open(str(path), writable=True) as a:
         assert our_view(a) == seen
-    assert archive.check(str(path)) == [], path
+    assert archive_check.check(str(path)) == [], path
     if HAVE_TAR:
         tar_names(path)
     return "new" if seen == new else "old"
@@ -681,12 +691,12 @@ def test_sigkill_at_every_write(tmp_path, lindi, scenario):
         assert dumps[str(p)] in (old, new)
     # and lindi can extend one of them
     lindi("write", crashed[-1], "after", 0, 300)
-    assert archive.check(str(crashed[-1])) == []
+    assert archive_check.check(str(crashed[-1])) == []
 
 
 def test_sigkill_dir_archive(tmp_path):
     base = tmp_path / "base.lindi.d"
-    archive.create(str(base))
+    archive_create.create(str(base))
     with DirArchive.open(str(base), writable=True) as a:
         add_blobs(a, {"old/0": 1500})
         a.commit(a.rfs)
@@ -709,8 +719,8 @@ def test_sigkill_dir_archive(tmp_path):
             seen = our_view(r)
         assert seen in (old, new)
         outcomes.append("new" if seen == new else "old")
-        archive.repair(str(p))
-        assert archive.check(str(p)) == []
+        archive_check.repair(str(p))
+        assert archive_check.check(str(p)) == []
         if res.returncode == 0:
             break
         assert res.returncode == -signal.SIGKILL, res.stderr

@@ -8,9 +8,11 @@ import json
 import pytest
 import trio
 
-from lindifuse.dandi import DandiResolver
-from lindifuse.dandimount import build_tree
-from lindifuse.dandiset import (
+from lindifuse.errors import RefError, SourceError
+from lindifuse.fs.dandiset import build_tree
+from lindifuse.fs.tree import Tree
+from lindifuse.sources.dandi import DandiResolver
+from lindifuse.sources.dandiset import (
     DEFAULT_API,
     Asset,
     DandiTarget,
@@ -25,8 +27,6 @@ from lindifuse.dandiset import (
     parse_page,
     parse_target,
 )
-from lindifuse.errors import RefError, SourceError
-from lindifuse.tree import Tree
 
 
 @pytest.mark.parametrize(

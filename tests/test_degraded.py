@@ -178,11 +178,11 @@ def test_dns_failure_serves_cached_ranges(tmp_path):
     import httpx
     import trio
 
-    from lindifuse.cache import MemoryCache
-    from lindifuse.disk_cache import AsyncDiskCache, DiskCache
+    from lindifuse.cache.disk import AsyncDiskCache, DiskCache
+    from lindifuse.cache.memory import MemoryCache
     from lindifuse.errors import RefError
-    from lindifuse.fetch import Fetcher
-    from lindifuse.sources import HttpClient
+    from lindifuse.fs.fetch import Fetcher
+    from lindifuse.sources.http import HttpClient
 
     blob = os.urandom(50_000)
     url = "http://data.lindifuse-test.invalid/blob.bin"

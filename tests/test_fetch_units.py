@@ -11,11 +11,11 @@ import time
 import pytest
 import trio
 
-from lindifuse.cache import MemoryCache
-from lindifuse.dandi import DandiResolver, parse_hosts, reuse_until, signed_url_expiry
-from lindifuse.disk_cache import AsyncDiskCache, DiskCache, make_key
-from lindifuse.fetch import Fetcher, plan_merges
-from lindifuse.sources import HttpClient
+from lindifuse.cache.disk import AsyncDiskCache, DiskCache, make_key
+from lindifuse.cache.memory import MemoryCache
+from lindifuse.fs.fetch import Fetcher, plan_merges
+from lindifuse.sources.dandi import DandiResolver, parse_hosts, reuse_until, signed_url_expiry
+from lindifuse.sources.http import HttpClient
 
 # -- merge planner ---------------------------------------------------------------------------
 

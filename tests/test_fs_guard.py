@@ -10,7 +10,7 @@ import pyfuse3
 import pytest
 import trio
 
-from lindifuse.fs import LindiOperations
+from lindifuse.fs.ops import LindiOperations
 
 
 class Broken(LindiOperations):

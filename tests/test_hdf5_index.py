@@ -17,8 +17,8 @@ import h5py
 import numpy as np
 import pytest
 
-from lindifuse.hdf5.blockfile import BlockFile
-from lindifuse.hdf5.convert import Unsupported, zarr_attr
+from lindifuse.formats.hdf5.blockfile import BlockFile
+from lindifuse.formats.hdf5.convert import Unsupported, zarr_attr
 
 # -- BlockFile (pure) ------------------------------------------------------------------------
 

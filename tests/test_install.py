@@ -138,7 +138,8 @@ def test_wheel_builds_and_runs(tmp_path):
         names = z.namelist()
         ep = next(n for n in names if n.endswith("entry_points.txt"))
         assert "lindifuse = lindifuse.cli:main" in z.read(ep).decode()
-    assert "lindifuse/mountopts.py" in names and "lindifuse/cli.py" in names
+    assert "lindifuse/service/mountopts.py" in names and "lindifuse/cli/app.py" in names
+    assert "lindifuse/formats/hdf5/indexer.py" in names  # subpackages are packaged too
     target = tmp_path / "site"
     res = run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "-t", target, wheel])
     assert res.rc == 0, res.describe()

@@ -8,7 +8,7 @@ import pytest
 import trio
 import trio.testing
 
-from lindifuse.cache import MemoryCache
+from lindifuse.cache.memory import MemoryCache
 from lindifuse.errors import RefError
 
 # -- LRU and the bytes bound -----------------------------------------------------------------

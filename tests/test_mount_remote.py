@@ -400,7 +400,7 @@ def test_http_timeouts_are_bounded():
     from httpserver import RangeServer
 
     from lindifuse.errors import RefError
-    from lindifuse.sources import HttpClient
+    from lindifuse.sources.http import HttpClient
 
     async def main(url):
         client = HttpClient(timeout=0.3, retries=2, backoff=0.01)

@@ -17,8 +17,10 @@ import sys
 
 import pytest
 
-from lindifuse import cli, lifecycle, logsetup, mountopts
-from lindifuse.mountopts import MountOptionError
+from lindifuse.cli import app as cli
+from lindifuse.service import lifecycle, logsetup, mountopts
+from lindifuse.service.mountopts import MountOptionError
+from lindifuse.stormlog import StormLog
 
 
 @pytest.fixture(scope="module")
@@ -224,7 +226,7 @@ def test_storm_log_one_line_then_a_summary_per_window():
     logger.propagate = False
     logger.handlers[:] = [H()]
     now = [0.0]
-    storm = logsetup.StormLog(logger, window=60, clock=lambda: now[0])
+    storm = StormLog(logger, window=60, clock=lambda: now[0])
     for i in range(500):  # 500 retries within 50 s: one line
         now[0] = i * 0.1
         storm.warning("host:80", "retry %d", i)
@@ -310,7 +312,7 @@ def test_dead_mount_check_on_a_plain_directory(tmp_path):
 
 
 def test_sd_notify_sends_datagrams(tmp_path, monkeypatch):
-    from lindifuse import mount as mountmod
+    from lindifuse.service import mount as mountmod
 
     path = str(tmp_path / "notify")
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:

@@ -10,8 +10,8 @@ import numcodecs
 import numpy as np
 import pytest
 
-from lindifuse.nwbdims import ArrayInfo, Schema, assign_group, choose_dims, parse_document
-from lindifuse.xview import (
+from lindifuse.fs.nwbdims import ArrayInfo, Schema, assign_group, choose_dims, parse_document
+from lindifuse.fs.xview import (
     as_text,
     compound_dtype,
     decode_chunk,

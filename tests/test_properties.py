@@ -21,9 +21,11 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from lindifuse import tarfmt
+from lindifuse.archive.space import admits, reserve_for
 from lindifuse.errors import FormatError, LindiError, RefError
-from lindifuse.fetch import plan_merges
+from lindifuse.formats import tarfmt
+from lindifuse.fs.fetch import plan_merges
+from lindifuse.fs.tree import Tree
 from lindifuse.refs import (
     Inline,
     Range,
@@ -33,9 +35,7 @@ from lindifuse.refs import (
     normalize_key,
     padded_chunk_size,
 )
-from lindifuse.sources import HostRule, parse_retry_after
-from lindifuse.space import admits, reserve_for
-from lindifuse.tree import Tree
+from lindifuse.sources.http import HostRule, parse_retry_after
 
 settings.register_profile(
     "ci", max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow]

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from remote_data import build_tar
 
+from lindifuse.fs.seqwindow import SeqWindow
 from lindifuse.refs import decode_value, inline_size, padded_chunk_size
-from lindifuse.seqwindow import SeqWindow
 
 # -- the window policy (pure) -------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ import sys
 from harness import wait_until
 from remote_data import build_tar
 
-from lindifuse.disk_cache import DiskCache
+from lindifuse.cache.disk import DiskCache
 
 CHUNK = 40_000
 
@@ -55,7 +55,7 @@ def test_bound_of_a_dead_process_is_ignored(tmp_path):
     # a process that registers a tiny bound and dies without closing the store
     code = (
         "import os, sys; sys.path.insert(0, sys.argv[2]);"
-        "from lindifuse.disk_cache import DiskCache; DiskCache(sys.argv[1], 1000); os._exit(0)"
+        "from lindifuse.cache.disk import DiskCache; DiskCache(sys.argv[1], 1000); os._exit(0)"
     )
     subprocess.run([sys.executable, "-c", code, d, os.getcwd()], check=True)
     with sqlite3.connect(os.path.join(d, "v1", "index.sqlite")) as db:

@@ -12,10 +12,10 @@ import tarfile
 
 import pytest
 
-from lindifuse import tarfmt
 from lindifuse.errors import FormatError
+from lindifuse.formats import tarfmt
+from lindifuse.formats.tarfmt import Member
 from lindifuse.refs import Inline, decode_value
-from lindifuse.tarfmt import Member
 
 LONG_SPLIT = "blobs/" + "/".join(["abcdefghij" * 3] * 6) + "/0.0"  # 195 bytes, prefix-splittable
 LONG_PAX = "blobs/" + "z" * 150 + "/0.0"  # a 150-byte component: ustar cannot hold it

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 
-from lindifuse.tree import ROOT_INODE, Tree, join_key
+from lindifuse.fs.tree import ROOT_INODE, Tree, join_key
 
 KEYS = [
     ".zgroup",

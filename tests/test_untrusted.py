@@ -229,7 +229,7 @@ def _read_errno(path) -> int:
 
 
 def test_host_rule_patterns():
-    from lindifuse.sources import HostRule
+    from lindifuse.sources.http import HostRule
 
     r = HostRule(["data.example.org", "*.cdn.example.net", "10.0.0.5:8080", "[::1]:9000"])
     assert r.allows("https://data.example.org/x") and r.allows("http://DATA.example.org:81/x")

@@ -1,0 +1,289 @@
+"""One mounted file system: the tree, content service, fetcher, operations and (when writable)
+writer of one mount, put together from parts the caller opened (``lindifuse.service`` opens the
+sources and caches and hands them in, so this layer never decides options).
+
+:class:`FileSystem` also resolves ``_EXTERNAL_ARRAY_LINK`` arrays on first use of their
+directory, serves the ``stats`` counters and hosts the mount's background work; ``aclose``
+releases everything (flushing a writable mount first)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import asdict
+from typing import Any
+
+import trio
+
+from lindifuse.cache.disk import AsyncDiskCache
+from lindifuse.cache.memory import MemoryCache
+from lindifuse.errors import RefError
+from lindifuse.formats.container import (
+    Container,
+)
+from lindifuse.formats.hdf5.extlink import chunk_refs, find_link
+from lindifuse.fs.content import ContentService
+from lindifuse.fs.fetch import Fetcher
+from lindifuse.fs.ops import LindiOperations, WritableOperations
+from lindifuse.fs.readahead import ReadAhead
+from lindifuse.fs.tree import Node, Tree
+from lindifuse.fs.writer import Writer
+from lindifuse.refs import expand_templates
+from lindifuse.sources.http import HttpClient
+from lindifuse.sources.local import LocalFiles
+
+log = logging.getLogger(__name__)
+
+
+class FileSystem:
+    """Everything one mount owns; ``aclose`` releases it (and, when writable, flushes).
+
+    ``tree`` (default: built from the container's keys) and ``content_class`` let a dandiset
+    mount (``lindifuse.fs.dandiset``) graft its assets' keys lazily under one tree.
+    """
+
+    content_class: type[ContentService] = ContentService
+
+    def __init__(
+        self,
+        container: Container,
+        http: HttpClient,
+        local: LocalFiles,
+        cache: MemoryCache,
+        *,
+        read_only: bool,
+        archive: Any = None,
+        fetcher: Fetcher | None = None,
+        disk: AsyncDiskCache | None = None,
+        readahead: bool = True,
+        tree: Tree | None = None,
+    ) -> None:
+        self.container = container
+        self.http = http
+        self.local = local
+        self.cache = cache
+        self.disk = disk
+        self.fetcher = fetcher if fetcher is not None else Fetcher(http, cache, disk)
+        self.read_only = read_only
+        t0 = time.monotonic()
+        self.tree = tree if tree is not None else Tree.from_keys(container.rset.refs.keys())
+        log.info(
+            "tree: %d files, %d directories in %.2fs",
+            self.tree.nfiles,
+            self.tree.ndirs,
+            time.monotonic() - t0,
+        )
+        for key in container.rset.rejected:
+            log.warning("%s: key %r rejected (empty, '.' or '..' parts)", container.source, key)
+        for key in self.tree.conflicts:
+            log.warning(
+                "%s: key %r is also a directory prefix; showing the directory",
+                container.source,
+                key,
+            )
+        # Chunk refs of arrays stored as _EXTERNAL_ARRAY_LINK, found on first use of their
+        # directory; kept apart from the reference set so a writable mount never commits them.
+        self.ext_refs: dict[str, Any] = {}
+        self.ext_links = self._find_external_links()
+        self._ext_loading: dict[int, trio.Event] = {}
+        self.content = self.content_class(
+            container, http, local, cache, fetcher=self.fetcher, get_value=self._value
+        )
+        if readahead:
+            self.content.readahead = ReadAhead(self.content, self.fetcher)
+        self.archive = archive
+        self.writer: Writer | None = None
+        if archive is None:
+            self.ops: LindiOperations = LindiOperations(
+                self.tree, self.content, mtime=container.mtime, read_only=True, stats=self.stats
+            )
+        else:
+            folder = os.path.dirname(container.source.rstrip("/"))
+            self.writer = Writer(
+                archive,
+                self.tree,
+                self.content,
+                container.rset.refs,
+                container.rset.extra,
+                staging_dir=folder,
+            )
+            self.ops = WritableOperations(
+                self.tree,
+                self.content,
+                self.writer,
+                mtime=container.mtime,
+                statvfs_path=folder,
+                stats=self.stats,
+            )
+        self.ops.prepare_dir = self.prepare_dir if self.ext_links else None
+
+    def _value(self, key: str) -> Any:
+        try:
+            return self.container.rset.refs[key]
+        except KeyError:
+            return self.ext_refs[key]
+
+    def _find_external_links(
+        self, refs: dict[str, Any] | None = None, prefix: str = ""
+    ) -> dict[int, dict[str, str]]:
+        """Directories holding an ``_EXTERNAL_ARRAY_LINK`` among ``refs`` (default: the
+        container's), whose keys sit under ``prefix`` in the tree."""
+        links: dict[int, dict[str, str]] = {}
+        for key, value in (self.container.rset.refs if refs is None else refs).items():
+            if key.endswith(".zattrs") and (key == ".zattrs" or key.endswith("/.zattrs")):
+                link = find_link(value)
+                where = key.rpartition("/")[0]
+                if prefix:
+                    where = f"{prefix}/{where}" if where else prefix
+                node = self.tree.by_key(where) if link else None
+                if link and node is not None:
+                    links[node.inode] = link
+        if links:
+            log.info("%d arrays are external HDF5 dataset links", len(links))
+        return links
+
+    async def prepare_dir(self, node: Node) -> None:
+        """Before a directory is used: list the chunks of an external array link (once)."""
+        link = self.ext_links.get(node.inode)
+        if link is None:
+            return
+        ev = self._ext_loading.get(node.inode)
+        if ev is not None:
+            await ev.wait()
+            if node.inode in self.ext_links:
+                raise RefError(f"{node.key}: external array link could not be resolved")
+            return
+        ev = self._ext_loading[node.inode] = trio.Event()
+        try:
+            container = self.content.container_of(node)
+            target = expand_templates(link["url"], container.rset.templates)
+            loc = container.resolve(target)
+            t0 = time.monotonic()
+            opener = None
+            if loc.remote:
+                opener = await self._remote_opener(loc.where)
+            try:
+                found = await trio.to_thread.run_sync(
+                    chunk_refs, loc.where, loc.remote, target, link["name"], opener
+                )
+            except Exception as e:  # h5py/remfile raise many kinds
+                raise RefError(
+                    f"{node.key}: external array link to {link['name']} in {target}: {e}"
+                ) from None
+            for name, value in found.items():
+                if self.tree.lookup(node, name) is None:
+                    self.ext_refs[f"{node.key}/{name}" if node.key else name] = value
+                    self.tree.add_file(node, name)
+            del self.ext_links[node.inode]
+            log.info(
+                "%s: %d chunks from external HDF5 dataset %s in %.2fs",
+                node.key,
+                len(found),
+                link["name"],
+                time.monotonic() - t0,
+            )
+        finally:
+            del self._ext_loading[node.inode]
+            ev.set()
+
+    async def _remote_opener(self, url: str) -> Any:
+        """A file object for h5py over ``url`` whose reads go through this mount's fetcher (and
+        so its memory and disk caches), in aligned blocks: see ``hdf5.blockfile``."""
+        from lindifuse.formats.hdf5.blockfile import BlockFile
+
+        size = await self.http.content_length(url)
+        token = trio.lowlevel.current_trio_token()
+        fetch = self.fetcher.get
+
+        def read_range(offset: int, n: int) -> bytes:
+            return trio.from_thread.run(fetch, url, offset, n, trio_token=token)
+
+        return BlockFile(read_range, size)
+
+    def describe(self) -> str:
+        return f"{self.container.kind}, {self.tree.nfiles} keys, {'ro' if self.read_only else 'rw'}"
+
+    def stats(self) -> dict[str, Any]:
+        h = self.http.stats
+        lat = sorted(h.latencies)
+
+        def pct(p: float) -> float | None:
+            return round(lat[min(len(lat) - 1, int(p * len(lat)))] * 1000, 2) if lat else None
+
+        return {
+            "source": self.container.source,
+            "kind": self.container.kind,
+            "http": {
+                "requests": h.requests,
+                "bytes": h.bytes,
+                "retries": h.retries,
+                "errors": h.errors,
+                "full_body_fallbacks": h.full_body_fallbacks,
+                "version_changes": h.version_changes,
+                "retry_after_waits": h.retry_after,
+                "refused_hosts": h.refused_hosts,
+                "offline": self.http.offline,
+                "timeout": self.http.timeout,
+                "latency_ms": {"p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99)},
+            },
+            "memory_cache": {
+                **asdict(self.cache.stats),
+                "bytes": self.cache.nbytes,
+                "max_bytes": self.cache.max_bytes,
+            },
+            **self._fetch_stats(),
+            "writer": None
+            if self.writer is None
+            else {
+                "commits": self.writer.commits,
+                "flushes": self.writer.flushes,
+                "staged_files": len(self.writer.staged),
+                "pending_refs": self.writer.refs_dirty,
+                "refused_writes": self.writer.refused_writes,
+                "full_commits": self.writer.full_commits,
+            },
+        }
+
+    def _fetch_stats(self) -> dict[str, Any]:
+        """Persistent cache, request merging, read-ahead and DANDI counters."""
+        d = self.disk
+        disk: dict[str, Any] = {"enabled": d is not None}
+        if d is not None:
+            disk.update(
+                asdict(d.stats),
+                directory=d.store.directory,
+                max_bytes=d.store.max_bytes,
+                broken=d.store.broken,
+            )
+        return {
+            "disk_cache": disk,
+            "fetch": {
+                **asdict(self.fetcher.stats),
+                "probes": self.http.stats.probes,
+                "readahead": self.content.readahead is not None,
+                "local_nowait_reads": self.local.nowait_hits,
+            },
+            "requests": dict(self.ops.requests),
+            "dandi": asdict(self.http.dandi.stats),
+        }
+
+    async def background(self) -> None:
+        """Periodic work of the daemon (write flushes on writable mounts) and the host of
+        background fetches (read-ahead)."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.fetcher.run)
+            if self.disk is not None:
+                nursery.start_soon(trio.to_thread.run_sync, self.disk.store.remove_orphans)
+            if self.writer is not None:
+                await self.writer.run_timer()
+
+    async def aclose(self) -> None:
+        try:
+            if self.writer is not None:
+                await self.writer.close()
+        finally:
+            if self.disk is not None:
+                await self.disk.aclose()  # commits the queued chunks
+            await self.http.aclose()
+            self.local.close()
