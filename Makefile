@@ -29,7 +29,7 @@ SYSTEM_PYTHON ?= $(shell if [ -x /usr/bin/python3.11 ]; then echo /usr/bin/pytho
 
 .PHONY: sysdeps setup lint test demo bench clean install uninstall
 
-setup: sysdeps $(VENV)/.installed $(LINDI_VENV)/.installed
+setup: sysdeps $(VENV)/.installed $(VENV)/.pyfuse3 $(LINDI_VENV)/.installed
 
 # FUSE itself and what pyfuse3 builds against (Debian). Installed when missing and we are root;
 # otherwise say what to install.
@@ -48,6 +48,12 @@ sysdeps:
 $(VENV)/.installed: pyproject.toml
 	@$(VENV)/bin/python -c 'import sys' 2>/dev/null || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install $(PIP_FLAGS) -e '.[test]'
+	@touch $@
+
+# pyfuse3 rebuilt from its sdist with patches/pyfuse3/<version>.patch (open without a round
+# trip, cached listings); keeps the stock build when that fails (see scripts/build-pyfuse3.sh).
+$(VENV)/.pyfuse3: $(VENV)/.installed scripts/build-pyfuse3.sh $(wildcard patches/pyfuse3/*.patch)
+	bash scripts/build-pyfuse3.sh $(VENV)/bin/python
 	@touch $@
 
 $(LINDI_VENV)/.installed: $(LINDI_REQS)

@@ -5,6 +5,11 @@ each beside its peers in the same run, and optionally beside a baseline checkout
     .venv/bin/python benchmarks/bench_seq.py --only remote,walk    # some parts
     .venv/bin/python benchmarks/bench_seq.py --base /tmp/base      # also a baseline checkout
     .venv/bin/python benchmarks/bench_seq.py --quick --no-write    # smoke test
+    .venv/bin/python benchmarks/bench_seq.py --requests --base /tmp/base   # + request counts
+
+``--requests`` adds a table: per workload and lindifuse, the FUSE requests its daemon answered
+while the workload ran, by kind, per MiB read and per file read, and the daemon's CPU seconds
+(user + system from /proc) in all and per MiB. Each lever of issue 18 is judged on these.
 
 ``--base DIR`` names a directory holding another ``lindifuse/`` package (for example
 ``git archive <commit> lindifuse | tar -x -C DIR``); it runs with this venv's interpreter and
@@ -257,6 +262,77 @@ class Impl:
                 raise SystemExit(f"--base {base_dir}: lindifuse still imported from {probe}")
 
 
+class Counts:
+    """--requests: FUSE requests by kind and daemon CPU seconds per workload and lindifuse.
+
+    The counts are the daemon's own (``requests`` in its stats attribute: one per request its
+    handlers answered), taken around the workload only; the two stats reads add GETXATTRs,
+    which are not counted."""
+
+    def __init__(self) -> None:
+        # (workload, impl) -> list of (requests by kind, cpu seconds, bytes, files), one per run
+        self.runs: dict[tuple[str, str], list[tuple[dict[str, int], float, int, int]]] = {}
+
+    def add(
+        self,
+        impl: str,
+        work: tuple[str, int, int],
+        r0: dict[str, int],
+        r1: dict[str, int],
+        cpu: float,
+    ) -> None:
+        label, nbytes, nfiles = work
+        kinds = {k: r1.get(k, 0) - r0.get(k, 0) for k in r1}
+        # the second stats read: os.getxattr asks twice (128 bytes: ERANGE, then the value)
+        kinds["getxattr"] = kinds.get("getxattr", 0) - 2
+        kinds = {k: v for k, v in kinds.items() if v > 0}
+        self.runs.setdefault((label, impl), []).append((kinds, cpu, nbytes, nfiles))
+
+    def rows(self) -> list[list[str]]:
+        out = []
+        for (label, impl), runs in self.runs.items():
+            mib = runs[0][2] / MiB
+            nfiles = runs[0][3]
+            kinds = sorted({k for r in runs for k in r[0]}, key=lambda k: -runs[0][0].get(k, 0))
+            per = {k: med([r[0].get(k, 0) for r in runs]) for k in kinds}
+            total = med([sum(r[0].values()) for r in runs])
+            by_kind = ", ".join(f"{k} {v / nfiles:.3g}" for k, v in per.items() if v) or "-"
+            cpu = [r[1] for r in runs]
+            out.append(
+                [
+                    label,
+                    impl,
+                    f"{mib:,.0f} MiB, {nfiles:,} files",
+                    f"{total:,.0f}",
+                    f"{total / mib:,.1f}" if mib else "-",
+                    f"{total / nfiles:.3g}",
+                    by_kind,
+                    spread(cpu, 2),
+                    f"{med(cpu) / mib:.4f}" if mib else "-",
+                ]
+            )
+        return out
+
+    def publish(self, r: B.Report, reps: int) -> None:
+        if not self.runs:
+            return
+        r.table(
+            f"FUSE requests and daemon CPU per workload (--requests; median of {reps} runs)",
+            [
+                "workload",
+                "lindifuse",
+                "read",
+                "requests",
+                "per MiB",
+                "per file",
+                "per file, by kind",
+                "daemon CPU-s, median (range)",
+                "CPU-s per MiB",
+            ],
+            self.rows(),
+        )
+
+
 class Bench:
     def __init__(self, a: argparse.Namespace) -> None:
         self.a = a
@@ -271,9 +347,20 @@ class Bench:
             self.impls.insert(0, Impl("base", Path(a.base)))
         self.lindi_py = B.lindi_python()
         self._n = 0
+        self.counts = Counts()
 
     @contextlib.contextmanager
-    def mount(self, impl: Impl, source, *extra: str, read_only: bool = True) -> Iterator[B.Mount]:
+    def mount(
+        self,
+        impl: Impl,
+        source,
+        *extra: str,
+        read_only: bool = True,
+        work: tuple[str, int, int] | None = None,
+    ) -> Iterator[B.Mount]:
+        """Mount ``source`` for ``impl``. With --requests and ``work`` = (workload, bytes read,
+        files read), the FUSE requests by kind and the daemon CPU seconds spent inside the
+        ``with`` body (not the mount itself) are recorded for the requests table."""
         self._n += 1
         cache = self.work / "cache" / f"m{self._n}"
         shutil.rmtree(cache, ignore_errors=True)
@@ -281,19 +368,34 @@ class Bench:
         if "--cache-dir" not in extra and "--no-cache" not in extra:
             extra = (*extra, "--cache-dir", str(cache))
         try:
-            with B.lindifuse_mount(
-                source,
-                self.mnt,
-                log_file=log,
-                extra=extra,
-                read_only=read_only,
-                cmd=impl.cmd,
-                env=impl.env,
-                umount_timeout=300,
-            ) as m:
+            with (
+                B.lindifuse_mount(
+                    source,
+                    self.mnt,
+                    log_file=log,
+                    extra=extra,
+                    read_only=read_only,
+                    cmd=impl.cmd,
+                    env=impl.env,
+                    umount_timeout=300,
+                ) as m,
+                self.count(impl, m, work),
+            ):
                 yield m
         finally:
             shutil.rmtree(cache, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def count(self, impl: Impl, m: B.Mount, work: tuple[str, int, int] | None) -> Iterator[None]:
+        """With --requests: record the requests and daemon CPU of the ``with`` body as ``work``
+        (workload, bytes read, files read)."""
+        if not (self.a.requests and work):
+            yield
+            return
+        r0, c0 = m.stats()["requests"], cpu_seconds(m.pid)
+        yield
+        c1, r1 = cpu_seconds(m.pid), m.stats()["requests"]
+        self.counts.add(impl.name, work, r0, r1, c1 - c0)
 
     def tar(self, where: Path, name: str, nbytes: int, chunk: int) -> _gen.ArrayTar:
         where.mkdir(parents=True, exist_ok=True)
@@ -318,6 +420,7 @@ class Bench:
         t = self.tar(www, "big.lindi.tar", self.a.mib * MiB, MiB)
         ranges = [(off, size) for _, off, size in t.ranges()]
         refs = self.work / "big.fsspec.json"
+        big = (len(ranges) * MiB, len(ranges))  # bytes and chunk files read by each workload
         res: dict[str, list[float]] = {}
         with B.range_server(www, self.a.latency) as ask:
             port = ask.port  # type: ignore[attr-defined]
@@ -339,25 +442,25 @@ class Bench:
                 for impl in self.impls:
                     if self.lindi_py:
                         B.drop_caches()
-                        with self.mount(impl, url) as m:
+                        with self.mount(impl, url, work=("remote: zarr 2", *big)) as m:
                             out = snippet(ZARR2_READ, self.lindi_py, path=str(m.path / "x"))
                             assert out["ok"]
                             res.setdefault(f"{impl.name}: zarr 2 DirectoryStore", []).append(
                                 out["s"]
                             )
                     B.drop_caches()
-                    with self.mount(impl, url) as m:
+                    with self.mount(impl, url, work=("remote: cat", *big)) as m:
                         files = [m.path / k for k, _, _ in t.ranges()]
                         res.setdefault(f"{impl.name}: cat of the chunk files", []).append(
                             cat_files(files)
                         )
                     B.drop_caches()
-                    with self.mount(impl, url) as m:
+                    with self.mount(impl, url, work=("remote: zarr 3", *big)) as m:
                         out = snippet(ZARR3_READ, path=str(m.path / "x"))
                         assert out["ok"]
                         res.setdefault(f"{impl.name}: zarr 3 LocalStore", []).append(out["s"])
                     B.drop_caches()
-                    with self.mount(impl, url) as m:
+                    with self.mount(impl, url, work=("remote: 4 threads", *big)) as m:
                         secs, n = read_files([m.path / k for k, _, _ in t.ranges()], 4)
                         assert n == len(ranges) * MiB
                         res.setdefault(f"{impl.name}: 4 threads, chunk files", []).append(secs)
@@ -414,21 +517,21 @@ class Bench:
                 )
             for impl in self.impls:
                 if self.lindi_py:
-                    with self.mount(impl, t.path) as m:
+                    with self.mount(impl, t.path, work=("local: zarr 2", total, t.nchunks)) as m:
                         B.drop_caches()
                         out = snippet(ZARR2_READ, self.lindi_py, path=str(m.path / "x"))
                         assert out["ok"]
                         res.setdefault(f"{impl.name}: zarr 2 DirectoryStore", []).append(
                             mbs(out["s"])
                         )
-                with self.mount(impl, t.path) as m:
+                with self.mount(impl, t.path, work=("local: 1 thread", total, t.nchunks)) as m:
                     B.drop_caches()
                     secs, n = read_files([m.path / k for k, _, _ in t.ranges()], 1)
                     assert n == total
                     res.setdefault(f"{impl.name}: 1 thread, chunk files in order", []).append(
                         mbs(secs)
                     )
-                with self.mount(impl, t.path) as m:
+                with self.mount(impl, t.path, work=("local: 4 threads", total, t.nchunks)) as m:
                     B.drop_caches()
                     secs, n = read_files([m.path / k for k, _, _ in t.ranges()], 4)
                     assert n == total
@@ -486,6 +589,7 @@ class Bench:
         plain = self.work / "keys-100000.tree"
         _gen.materialize_tree(src, plain)
         walker = [sys.executable, str(B.BENCH_DIR / "_walk.py")]
+        nkeys = sum(len(fs) for _, _, fs in os.walk(plain))  # files of the tree
         res: dict[str, list[float]] = {}
         files = ""
         for _ in range(self.a.reps):
@@ -496,12 +600,14 @@ class Bench:
                     res.setdefault(f"{impl.name}: mount -> ls", []).append(m.mount_seconds)
                 B.drop_caches()
                 with self.mount(impl, src, "--no-cache") as m:
-                    w = run_json([*walker, str(m.path)])
+                    with self.count(impl, m, ("walk, cold", 0, nkeys)):
+                        w = run_json([*walker, str(m.path)])
                     files = f"{w['files']:,} files, {w['dirs']:,} dirs"
                     res.setdefault(f"{impl.name}: walk, fresh mount (cold)", []).append(
                         w["seconds"]
                     )
-                    w = run_json([*walker, str(m.path)])
+                    with self.count(impl, m, ("walk, warm", 0, nkeys)):
+                        w = run_json([*walker, str(m.path)])
                     res.setdefault(f"{impl.name}: walk again (warm)", []).append(w["seconds"])
         self.r.table(
             f"Walk + stat ({files}), os.walk + os.stat in a subprocess, and mount -> ls "
@@ -535,13 +641,17 @@ class Bench:
                 for impl in self.impls:
                     cache = self.work / "cache" / f"small-{impl.name}"
                     shutil.rmtree(cache, ignore_errors=True)
-                    with self.mount(impl, url, "--cache-dir", str(cache)) as m:
+                    with self.mount(
+                        impl, url, "--cache-dir", str(cache), work=("small: cold", n * 4096, n)
+                    ) as m:
                         files = [m.path / k for k, _, _ in t.ranges()]
                         secs, got = read_files(files, 4)
                         assert got == n * 4096
                         res.setdefault(f"{impl.name}: cold", []).append(n / secs)
                     B.drop_caches()
-                    with self.mount(impl, url, "--cache-dir", str(cache)) as m:
+                    with self.mount(
+                        impl, url, "--cache-dir", str(cache), work=("small: warm", n * 4096, n)
+                    ) as m:
                         files = [m.path / k for k, _, _ in t.ranges()]
                         secs, got = read_files(files, 4)
                         assert got == n * 4096
@@ -585,7 +695,10 @@ class Bench:
                 os.sync()
                 with self.mount(impl, arc, read_only=False) as m:
                     t0 = time.perf_counter()
-                    snippet(ZARR2_WRITE, self.lindi_py, path=str(m.path / "x"), nbytes=str(nbytes))
+                    with self.count(impl, m, ("write: zarr 2", nbytes, nbytes // MiB)):
+                        snippet(
+                            ZARR2_WRITE, self.lindi_py, path=str(m.path / "x"), nbytes=str(nbytes)
+                        )
                     m.umount()
                     res.setdefault(f"{impl.name}: mount + lindifuse umount", []).append(
                         time.perf_counter() - t0
@@ -694,6 +807,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--latency", type=float, default=0.02, help="seconds per HTTP request")
     p.add_argument("--base", help="a directory holding a baseline lindifuse/ package")
     p.add_argument("--ratarmount", help="the ratarmount command (default: from PATH)")
+    p.add_argument(
+        "--requests",
+        action="store_true",
+        help="also count, per workload, the FUSE requests by kind (per MiB and per file) and the\n"
+        "daemon's CPU seconds per MiB, for every lindifuse measured (the daemon's own\n"
+        "counters, around the workload only)",
+    )
     p.add_argument("--no-write", action="store_true", help="print, do not update RESULTS.md")
     p.add_argument(
         "--quick", action="store_true", help="smoke test: 1 run, 64 MiB, 5,000 small files"
@@ -706,6 +826,7 @@ def main(argv: list[str] | None = None) -> int:
     load0 = B.loadavg()
     bench = Bench(a)
     bench.run()
+    bench.counts.publish(bench.r, a.reps)
     bench.r.note(f"load average (1, 5, 15 min) at start {load0}, at end {B.loadavg()}")
     bench.r.publish(
         "bench_seq",

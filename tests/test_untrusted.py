@@ -21,11 +21,19 @@ from plain_lindi import write_json
 
 
 def open_errno(path) -> int:
+    """The errno of opening ``path`` and reading it; 0 if both work. A read-only mount without
+    OPEN requests (the patched pyfuse3, see tests/test_fewer_requests.py) cannot fail the open:
+    there the same checks fail the first read."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError as e:
         return e.errno
-    os.close(fd)
+    try:
+        os.read(fd, 1)
+    except OSError as e:
+        return e.errno
+    finally:
+        os.close(fd)
     return 0
 
 

@@ -133,6 +133,25 @@ def plan_merges(
     return spans
 
 
+def span_cuts(span: Span) -> list[int] | None:
+    """How to cut the body of ``span`` into its ranges: sizes of consecutive pieces (gaps
+    included), or None when it serves one range or its ranges overlap (then it is sliced)."""
+    if len(span.ranges) < 2:
+        return None
+    cuts: list[int] = []
+    pos = span.start
+    for off, size in span.ranges:
+        if off < pos:
+            return None
+        if off > pos:
+            cuts.append(off - pos)
+        cuts.append(size)
+        pos = off + size
+    if pos < span.end:  # cannot happen with plan_merges' spans; kept exact anyway
+        cuts.append(span.end - pos)
+    return cuts
+
+
 @dataclass
 class FetchStats:
     requests: int = 0  # range requests made for data (not counting probes, retries)
@@ -421,8 +440,16 @@ class Fetcher:
 
         async def one(span: Span) -> None:
             t0 = trio.current_time()
+            cuts = span_cuts(span)
+            parts: list[bytes] = []
             try:
-                body, validator = await self.http.get_range_ex(url, span.start, span.size)
+                if cuts is None:
+                    body, validator = await self.http.get_range_ex(url, span.start, span.size)
+                else:  # received straight into one bytes object per range: no slicing copies
+                    body = b""
+                    parts, validator = await self.http.get_range_split(
+                        url, span.start, span.size, cuts
+                    )
             except RefError as e:
                 for rng in span.ranges:
                     deliver(rng, None, e)
@@ -440,8 +467,19 @@ class Fetcher:
             self._count(span)
             pieces = []
             mv = memoryview(body)
+            at = {}  # cut start -> piece
+            if cuts is not None:
+                pos = span.start
+                for n, part in zip(cuts, parts, strict=True):
+                    at[pos] = part
+                    pos += n
             for off, size in span.ranges:
-                piece = body if len(span.ranges) == 1 else bytes(mv[off - span.start :][:size])
+                if cuts is not None:
+                    piece = at[off]
+                elif len(span.ranges) == 1:
+                    piece = body
+                else:
+                    piece = bytes(mv[off - span.start :][:size])
                 check = self._checks.get((url, off, size)) or self.fixed_checks.get(
                     (url, off, size)
                 )

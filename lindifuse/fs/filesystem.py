@@ -265,6 +265,7 @@ class FileSystem:
                 "local_nowait_reads": self.local.nowait_hits,
             },
             "requests": dict(self.ops.requests),
+            "no_open": self.ops.no_open,
             "dandi": asdict(self.http.dandi.stats),
         }
 

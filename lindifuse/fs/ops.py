@@ -23,6 +23,7 @@ import pyfuse3
 
 from lindifuse.archive.space import is_no_space
 from lindifuse.errors import RefError
+from lindifuse.fs import features
 from lindifuse.fs.content import ContentService, Resolved
 from lindifuse.fs.tree import Node, Tree
 from lindifuse.fs.writer import Writer
@@ -36,6 +37,18 @@ XATTR_REF = b"user.lindi.ref"
 XATTR_PID = b"user.lindifuse.pid"
 XATTR_STATS = b"user.lindifuse.stats"
 XATTR_FLUSH = b"user.lindifuse.flush"
+
+# Read-only mounts: how long the kernel may keep entries (also negative ones) and attributes.
+# The tree of a read-only mount never changes while it is mounted and every byte it serves is
+# pinned to one version of its source (see docs/semantics.md), so nothing the kernel cached can
+# become wrong; the bound only limits how long the kernel holds memory for entries.
+READ_ONLY_TIMEOUT = 24 * 3600.0
+# Block size shown in st_blksize: cat, cp and stdio read (and write) this much per call, so a
+# 1 MiB chunk file arrives as one 1 MiB READ (the largest the kernel sends: FUSE max_pages 256)
+# instead of one per 128 KiB.
+BLKSIZE = 2**20
+# Directory listings kept for READDIRPLUS continuations without OPENDIR (no-open mounts).
+LISTINGS_KEPT = 64
 
 
 def _guarded(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
@@ -99,7 +112,7 @@ class LindiOperations(pyfuse3.Operations):
         self.tree = tree
         self.content = content
         self.read_only = read_only
-        self.timeout = 300.0 if read_only else 1.0
+        self.timeout = READ_ONLY_TIMEOUT if read_only else 1.0
         self.mtime_ns = int(mtime * 1e9)
         self._dir_mode = stat.S_IFDIR | (0o555 if read_only else 0o755)
         self._file_mode = stat.S_IFREG | (0o444 if read_only else 0o644)
@@ -111,6 +124,11 @@ class LindiOperations(pyfuse3.Operations):
         self.prepare_dir: Callable[[Node], Awaitable[None]] | None = None
         self._next_dir_fh = 1
         self.requests: collections.Counter[str] = collections.Counter()  # per handler
+        # Read-only mounts with the patched pyfuse3 answer OPEN/OPENDIR with ENOSYS: the kernel
+        # then sends neither (nor RELEASE/RELEASEDIR), passes the inode as the handle, and keeps
+        # listings in its page cache (see lindifuse.fs.features). Writable mounts need handles.
+        self.no_open = read_only and features.no_open()
+        self._listings: dict[int, list[tuple[str, Node]]] = {}  # no_open: inode -> listing
 
     def set_owner(
         self, uid: int | None = None, gid: int | None = None, umask: int | None = None
@@ -142,7 +160,7 @@ class LindiOperations(pyfuse3.Operations):
         a.st_uid = self.uid
         a.st_gid = self.gid
         a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = self.mtime_ns
-        a.st_blksize = 128 * 1024
+        a.st_blksize = BLKSIZE
         return a
 
     async def _fill(self, a: pyfuse3.EntryAttributes, node: Node) -> pyfuse3.EntryAttributes:
@@ -159,9 +177,10 @@ class LindiOperations(pyfuse3.Operations):
             try:
                 a.st_size = await self._file_size(node)
             except RefError as e:
-                # The file still exists: show it with size 0 so ls works; reads give EIO.
+                # The file still exists: show it with size 0 so ls works; reads give EIO. Without
+                # OPEN (which fails such a file) size 1, so that a read reaches us and fails.
                 _read_errors.error(str(e), "%s", e)
-                a.st_size = 0
+                a.st_size = 1 if self.no_open else 0
             a.st_blocks = (a.st_size + 511) // 512
         return a
 
@@ -210,27 +229,54 @@ class LindiOperations(pyfuse3.Operations):
         return None  # nodes live as long as the mount
 
     async def opendir(self, inode: int, ctx: Any) -> int:
+        if self.no_open:
+            raise pyfuse3.FUSEError(errno.ENOSYS)  # once: the kernel sends no more OPENDIR
         node = self._node(inode)
         if node.children is None:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         await self._prepare(node)
         fh = self._next_dir_fh
         self._next_dir_fh += 1
-        # Snapshot the listing so offsets stay stable while the directory is read; "." and
-        # ".." first, as on a local file system.
-        self._dir_handles[fh] = [
+        # Snapshot the listing so offsets stay stable while the directory is read
+        self._dir_handles[fh] = self._listing(node)
+        return fh
+
+    @staticmethod
+    def _listing(node: Node) -> list[tuple[str, Node]]:
+        """The entries of directory ``node``: "." and ".." first, as on a local file system,
+        then the children in name order."""
+        assert node.children is not None
+        return [
             (".", node),
             ("..", node.parent or node),
             *((n.name, n) for n in sorted(node.children.values(), key=lambda n: n.name)),
         ]
-        return fh
+
+    async def _listing_of_inode(self, inode: int) -> list[tuple[str, Node]]:
+        """no_open: the listing of directory ``inode`` (READDIRPLUS arrives without OPENDIR).
+        The tree of a read-only mount does not change, so a listing computed once stays valid
+        for the continuations of a large directory; a few are kept."""
+        entries = self._listings.get(inode)
+        if entries is None:
+            node = self._node(inode)
+            if node.children is None:
+                raise pyfuse3.FUSEError(errno.ENOTDIR)
+            await self._prepare(node)
+            entries = self._listing(node)
+            if len(self._listings) >= LISTINGS_KEPT:
+                del self._listings[next(iter(self._listings))]
+            self._listings[inode] = entries
+        return entries
 
     def _known_size(self, node: Node) -> int:
         """The served size of file ``node`` when known without awaiting anything, else -1."""
         return node.size
 
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
-        entries = self._dir_handles.get(fh, [])
+        if self.no_open:  # fh is the inode
+            entries = await self._listing_of_inode(fh)
+        else:
+            entries = self._dir_handles.get(fh, [])
         a = self._new_attrs()  # readdir_reply copies it: one object serves the whole listing
         reply = pyfuse3.readdir_reply
         file_mode = self._file_mode
@@ -273,6 +319,11 @@ class LindiOperations(pyfuse3.Operations):
     # -- reading -----------------------------------------------------------------------------
 
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
+        if self.no_open:
+            # Once: the kernel opens every file itself from now on (the handle is the inode,
+            # FOPEN_KEEP_CACHE) and sends no RELEASE. Writes are refused by the kernel (the
+            # mount is "ro"); a bad reference fails at the first read instead of here.
+            raise pyfuse3.FUSEError(errno.ENOSYS)
         node = self._node(inode)
         if node.children is not None:
             raise pyfuse3.FUSEError(errno.EISDIR)

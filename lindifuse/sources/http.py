@@ -17,7 +17,7 @@ import re
 import ssl
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 from urllib.parse import urljoin, urlsplit
@@ -148,6 +148,23 @@ def pin_validator(client: HttpClient, url: str, validator: str) -> None:
     client.validators.setdefault(url, validator)
 
 
+def _read_exactly(resp: http.client.HTTPResponse, n: int) -> bytes:
+    data = resp.read(n)
+    if len(data) != n:
+        raise http.client.IncompleteRead(data, n - len(data))
+    return data
+
+
+def split_body(body: bytes, cuts: Sequence[int]) -> list[bytes]:
+    """``body`` cut into consecutive pieces of the sizes ``cuts`` (one copy of each piece)."""
+    mv = memoryview(body)
+    out, pos = [], 0
+    for n in cuts:
+        out.append(body if n == len(body) and pos == 0 else bytes(mv[pos : pos + n]))
+        pos += n
+    return out
+
+
 class _BulkPool:
     """Keep-alive ``http.client`` connections used from worker threads for large ranges.
 
@@ -177,9 +194,14 @@ class _BulkPool:
         return http.client.HTTPConnection(netloc, timeout=self.timeout)
 
     def fetch(
-        self, url: str, headers: dict[str, str], size: int
-    ) -> tuple[int, dict[str, str], bytes, str]:
-        """(status, lower-cased headers, body, reason) of a GET of ``url`` (blocking)."""
+        self, url: str, headers: dict[str, str], size: int, cuts: Sequence[int] | None = None
+    ) -> tuple[int, dict[str, str], bytes | list[bytes], str]:
+        """(status, lower-cased headers, body, reason) of a GET of ``url`` (blocking).
+
+        A 206 answer of the announced ``size`` is received straight into the bytes objects
+        returned (no join, no copy afterwards); with ``cuts`` (sizes adding up to ``size``) as
+        one bytes object per cut, so that a merged span arrives already split into the ranges
+        it serves. Any other answer is one bytes object."""
         parts = urlsplit(url)
         key = (parts.scheme, parts.netloc)
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
@@ -206,16 +228,11 @@ class _BulkPool:
                 raise
             try:
                 rh = {k.lower(): v for k, v in resp.getheaders()}
+                body: bytes | list[bytes]
                 if resp.status == 206 and resp.length == size and not resp.chunked:
-                    buf = bytearray(size)
-                    view = memoryview(buf)
-                    got = 0
-                    while got < size:
-                        n = resp.readinto(view[got:])
-                        if not n:
-                            raise http.client.IncompleteRead(bytes(view[:got]), size - got)
-                        got += n
-                    body = bytes(buf)
+                    # BufferedReader.read(n) allocates the n bytes once and receives into them
+                    parts = [_read_exactly(resp, n) for n in cuts or (size,)]
+                    body = parts if cuts else parts[0]
                 else:
                     body = resp.read()
             except BaseException:
@@ -487,8 +504,8 @@ class HttpClient:
     # -- large ranges: blocking connections in worker threads ----------------------------------
 
     async def _bulk_request(
-        self, url: str, offset: int, size: int
-    ) -> tuple[int, Mapping[str, str], bytes, str] | None:
+        self, url: str, offset: int, size: int, cuts: Sequence[int] | None = None
+    ) -> tuple[int, Mapping[str, str], bytes | list[bytes], str] | None:
         """A large range request sent from a worker thread (see :class:`_BulkPool`), with the
         same retries, DANDI resolution and per-host bound as every other request. None when
         the answer is a redirect: the caller then uses the pooled async client, which follows
@@ -496,14 +513,14 @@ class HttpClient:
         target = await self._physical(url)
         rng = {"Range": f"bytes={offset}-{offset + size - 1}"}
         status, headers, body, reason = await self._bulk_send(
-            target, {**rng, **self.dandi.auth_headers(target)}, size
+            target, {**rng, **self.dandi.auth_headers(target)}, size, cuts
         )
         if status == 403 and target != url:
             self.dandi.stats.forbidden += 1
             self.dandi.forget(url)
             target = await self._physical(url)
             status, headers, body, reason = await self._bulk_send(
-                target, {**rng, **self.dandi.auth_headers(target)}, size
+                target, {**rng, **self.dandi.auth_headers(target)}, size, cuts
             )
         if 300 <= status < 400:
             return None
@@ -512,12 +529,12 @@ class HttpClient:
         return status, headers, body, reason
 
     async def _bulk_send(
-        self, url: str, headers: dict[str, str], size: int
-    ) -> tuple[int, Mapping[str, str], bytes, str]:
+        self, url: str, headers: dict[str, str], size: int, cuts: Sequence[int] | None = None
+    ) -> tuple[int, Mapping[str, str], bytes | list[bytes], str]:
         return await self._retrying(
             url,
             lambda: trio.to_thread.run_sync(
-                self._bulk.fetch, url, headers, size, abandon_on_cancel=True
+                self._bulk.fetch, url, headers, size, cuts, abandon_on_cancel=True
             ),
             lambda got: got[0],
             (OSError, http.client.HTTPException),
@@ -577,12 +594,27 @@ class HttpClient:
     async def get_range_ex(self, url: str, offset: int, size: int) -> tuple[bytes, str | None]:
         """Exactly ``size`` bytes at ``offset`` of ``url``, and the validator of the response
         that carried them (store them on disk under that one, never under an older one)."""
+        body, validator = await self._get_range(url, offset, size, None)
+        assert type(body) is bytes
+        return body, validator
+
+    async def get_range_split(
+        self, url: str, offset: int, size: int, cuts: Sequence[int]
+    ) -> tuple[list[bytes], str | None]:
+        """As :meth:`get_range_ex`, the bytes cut into consecutive pieces of the sizes ``cuts``
+        (adding up to ``size``). A large range is received straight into the pieces."""
+        body, validator = await self._get_range(url, offset, size, cuts)
+        return (body if type(body) is list else split_body(body, cuts)), validator
+
+    async def _get_range(
+        self, url: str, offset: int, size: int, cuts: Sequence[int] | None
+    ) -> tuple[bytes | list[bytes], str | None]:
         if size == 0:
             return b"", self.validators.get(url)
         end = offset + size - 1
         got = None
         if self._bulk is not None and size >= self.bulk_min:
-            got = await self._bulk_request(url, offset, size)
+            got = await self._bulk_request(url, offset, size, cuts)
         if got is None:
             resp = await self._request(url, {"Range": f"bytes={offset}-{end}"})
             got = (resp.status_code, resp.headers, resp.content, resp.reason_phrase)
@@ -595,14 +627,16 @@ class HttpClient:
                     f"{url}: bad Content-Range {headers.get('content-range')!r} "
                     f"for bytes {offset}-{end}"
                 )
-            if len(body) != size:
+            got_size = len(body) if type(body) is bytes else sum(map(len, body))
+            if got_size != size:
                 self.stats.errors += 1
                 total = m.group(3)
                 raise RefError(
                     f"{url}: range {offset}-{end} runs past the end of the object (size {total})"
                 )
-            self.stats.bytes += len(body)
+            self.stats.bytes += got_size
             return body, self.pinned.get(url) or _validator_of(headers)
+        assert type(body) is bytes  # pieces come only with a 206 of the announced size
         if status == 200:
             # The server ignored Range: the body is the whole object; slice it.
             self.stats.full_body_fallbacks += 1
