@@ -56,6 +56,7 @@ from typing import Any
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from lindifuse.errors import LindiError
+from lindifuse.mounttable import mountinfo_entries, top_mount
 
 # under distributed.worker: the lines show in the Dask worker logs (client.get_worker_logs())
 log = logging.getLogger("distributed.worker.lindifuse")
@@ -133,30 +134,10 @@ def default_state_dir() -> str:
     return os.path.join("/tmp", f"lindifuse-dask-{os.getuid()}")
 
 
-def _unescape(field: str) -> str:
-    """/proc/self/mountinfo writes space, tab, newline and backslash as \\ooo."""
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and len(field) - i >= 4 and field[i + 1 : i + 4].isdigit():
-            out.append(chr(int(field[i + 1 : i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
 def parse_mountinfo(text: str, mountpoint: str) -> tuple[str, str] | None:
     """(fstype, source) of the topmost mount at ``mountpoint`` in mountinfo ``text``."""
-    found = None
-    for line in text.splitlines():
-        left, sep, right = line.partition(" - ")
-        parts, rest = left.split(), right.split()
-        if not sep or len(parts) < 5 or len(rest) < 2:
-            continue
-        if _unescape(parts[4]) == mountpoint:
-            found = (rest[0], _unescape(rest[1]).replace("\\,", ","))
-    return found
+    e = top_mount(mountinfo_entries(text), mountpoint)
+    return None if e is None else (e.fstype, e.source.replace("\\,", ","))
 
 
 def mount_entry(mountpoint: str) -> tuple[str, str] | None:

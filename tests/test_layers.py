@@ -22,6 +22,7 @@ LAYERS: dict[str, int] = {
     "lindifuse.refs": 0,
     "lindifuse.progress": 0,
     "lindifuse.stormlog": 0,
+    "lindifuse.mounttable": 0,
     "lindifuse.sources": 1,
     "lindifuse.cache": 1,
     "lindifuse.formats": 2,

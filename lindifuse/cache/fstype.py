@@ -20,6 +20,8 @@ import ctypes
 import ctypes.util
 import os
 
+from lindifuse.mounttable import mountinfo_entries
+
 # statfs f_type values (linux/magic.h and the file systems' own headers) of file systems whose
 # storage is on other machines, or shared by several.
 REMOTE_MAGIC: dict[int, str] = {
@@ -114,31 +116,15 @@ def classify(magic: int | None, fstype: str | None) -> str | None:
     return None
 
 
-def _unescape(field: str) -> str:
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and len(field) - i >= 4 and field[i + 1 : i + 4].isdigit():
-            out.append(chr(int(field[i + 1 : i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
 def mount_type_of(path: str, mountinfo: str) -> str | None:
     """The mount-table type of the mount holding ``path`` (an absolute, resolved path): the
     longest mount point that contains it, the last listed among equals (the top of a stack)."""
     best, best_len = None, -1
-    for line in mountinfo.splitlines():
-        left, sep, right = line.partition(" - ")
-        parts, rest = left.split(), right.split()
-        if not sep or len(parts) < 5 or not rest:
-            continue
-        mp = _unescape(parts[4])
+    for e in mountinfo_entries(mountinfo):
+        mp = e.mountpoint
         inside = path == mp or mp == "/" or path.startswith(mp.rstrip("/") + "/")
         if inside and len(mp) >= best_len:
-            best, best_len = rest[0], len(mp)
+            best, best_len = e.fstype, len(mp)
     return best
 
 

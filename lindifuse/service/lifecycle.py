@@ -17,39 +17,24 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from lindifuse.mounttable import mounts_entries, top_mount
+
 FUSE_CONF = "/etc/fuse.conf"
 
 
 # -- /proc/mounts ------------------------------------------------------------------------------
 
 
-def _unescape(field: str) -> str:
-    """/proc/mounts writes space, tab, newline and backslash as \\ooo."""
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and len(field) - i >= 4 and field[i + 1 : i + 4].isdigit():
-            out.append(chr(int(field[i + 1 : i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
 def mount_type(mountpoint: str, mounts_file: str = "/proc/mounts") -> str | None:
     """File system type of the mount whose mount point is ``mountpoint`` (the last one wins,
     as the kernel shows the top of a stack), or None."""
-    target = os.path.abspath(mountpoint)
-    found = None
     try:
         with open(mounts_file) as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) > 2 and _unescape(parts[1]) == target:
-                    found = parts[2]
+            text = f.read()
     except OSError:
         return None
-    return found
+    e = top_mount(mounts_entries(text), os.path.abspath(mountpoint))
+    return None if e is None else e.fstype
 
 
 # "Transport endpoint is not connected" (the daemon died), "Software caused connection abort"
