@@ -104,22 +104,12 @@ async def create(target: str, source: str | None, hashes: bool = False) -> str:
 
 async def _hash_refs(refs: dict[str, Any]) -> dict[str, str]:
     """sha256 of every ``[url or path, offset, size]`` reference (absolute already)."""
-    from lindifuse.errors import RefError
     from lindifuse.formats import hashes
-    from lindifuse.sources.base import is_url
     from lindifuse.sources.http import HttpClient
     from lindifuse.sources.local import LocalFiles
 
     http, local = HttpClient(), LocalFiles()
-
-    async def read(where: str, offset: int, n: int) -> bytes:
-        try:
-            if is_url(where):
-                return await http.get_range(where, offset, n)
-            return await local.read(where, offset, n)
-        except RefError as e:
-            raise SourceError(f"cannot read a chunk to hash it: {e}") from None
-
+    read = hashes.direct_reader(http, local, "")
     try:
         return await hashes.compute(refs, read, lambda t: t)
     finally:

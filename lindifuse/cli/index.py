@@ -178,20 +178,10 @@ async def _index(args: argparse.Namespace, progress: Any) -> Any:
 async def _add_hashes(c: Any, http: Any, local: Any) -> None:
     """Record the sha256 of every chunk reference (read straight from the source, not through
     the cache: these reads check the file, they must not trust a copy)."""
-    from lindifuse.errors import RefError
     from lindifuse.formats import hashes
     from lindifuse.refs import expand_templates
-    from lindifuse.sources.base import is_url
 
-    async def read(where: str, offset: int, n: int) -> bytes:
-        try:
-            if is_url(where):
-                return await http.get_range(where, offset, n)
-            return await local.read(where, offset, n)
-        except RefError as e:
-            raise SourceError(f"{args_source}: cannot read a chunk to hash it: {e}") from None
-
-    args_source = c.source
+    read = hashes.direct_reader(http, local, f"{c.source}: ")
     rset = c.rset
     digests = await hashes.compute(
         rset.refs, read, lambda t: c.resolve(expand_templates(t, rset.templates)).where

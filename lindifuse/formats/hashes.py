@@ -16,10 +16,28 @@ import hashlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from lindifuse.errors import RefError
+from lindifuse.errors import RefError, SourceError
 
 MEMBER = "lindifuse_chunk_hashes"
 ALGORITHM = "sha256"
+
+
+def direct_reader(http: Any, local: Any, label: str) -> Callable[[str, int, int], Awaitable[bytes]]:
+    """``read(where, offset, n)`` straight from the source (an ``HttpClient`` for URLs, a
+    ``LocalFiles`` for paths), never through a cache: reads that compute digests check the
+    file and must not trust a copy. A failed read is a ``SourceError`` starting with
+    ``label``."""
+    from lindifuse.sources.base import is_url
+
+    async def read(where: str, offset: int, n: int) -> bytes:
+        try:
+            if is_url(where):
+                return await http.get_range(where, offset, n)
+            return await local.read(where, offset, n)
+        except RefError as e:
+            raise SourceError(f"{label}cannot read a chunk to hash it: {e}") from None
+
+    return read
 
 
 class ChunkMismatch(RefError):
