@@ -137,9 +137,13 @@ class _Statfs(ctypes.Structure):
 def statfs_magic(path: str) -> int | None:
     """statfs(2)'s f_type for ``path``, or None when it cannot be had."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        # glibc's soname first: find_library runs `ldconfig -p` (tens of ms at every mount)
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
     except OSError:
-        return None
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        except OSError:
+            return None
     buf = _Statfs()
     if libc.statfs(os.fsencode(path), ctypes.byref(buf)) != 0:
         return None

@@ -135,7 +135,6 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         return 0
     from lindifuse.errors import LindiError
 
-    args.argv = argv
     try:
         return import_module(f"lindifuse.cli.{args.command}").run(args)
     except LindiError as e:

@@ -218,9 +218,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Mount as ``args`` says; ``args.argv`` is the (normalised) command line, passed on to the
-    daemon process when it is started in the background."""
-    a_argv = args.argv
+    """Mount as ``args`` says: in this process with ``-f``, else in a forked daemon."""
     from lindifuse.service.mount import MountOptions, run_foreground, start_background
 
     opts = MountOptions(
@@ -253,5 +251,4 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.foreground:
         return run_foreground(opts)
-    child_argv = [a for a in a_argv if a not in ("-f", "--foreground")]
-    return start_background(opts, child_argv)
+    return start_background(opts)

@@ -300,15 +300,28 @@ class HttpClient:
         self._probes: dict[str, trio.Event] = {}
         self._resolving: dict[str, trio.Event] = {}
         self._host_limits: dict[str, trio.Semaphore] = {}
-        self._client = httpx.AsyncClient(
-            follow_redirects=True,
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
-            limits=httpx.Limits(
+        self._client_args = {
+            "follow_redirects": True,
+            "timeout": httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            "limits": httpx.Limits(
                 max_connections=max_connections, max_keepalive_connections=max_connections
             ),
-            headers={"User-Agent": f"lindifuse/{__version__}"},
-            event_hooks={"request": [self._check_request]} if self.hosts else None,
-        )
+            "headers": {"User-Agent": f"lindifuse/{__version__}"},
+            "event_hooks": {"request": [self._check_request]} if self.hosts else None,
+        }
+        self._async_client: httpx.AsyncClient | None = None
+
+    @property
+    def _client(self) -> httpx.AsyncClient:
+        """The pooled async client, made on first use: making one loads the system's CA
+        certificates and httpcore (about 60 ms), which a mount of local files never needs."""
+        if self._async_client is None:
+            self._async_client = httpx.AsyncClient(**self._client_args)
+        return self._async_client
+
+    @_client.setter
+    def _client(self, client: httpx.AsyncClient) -> None:
+        self._async_client = client
 
     async def _check_request(self, request: httpx.Request) -> None:
         """httpx hook: every request, redirects included, must go to an allowed host."""
@@ -318,7 +331,8 @@ class HttpClient:
             self.hosts.check(url)
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._async_client is not None:
+            await self._async_client.aclose()
         if self._bulk is not None:
             self._bulk.close()
 
