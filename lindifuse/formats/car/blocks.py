@@ -148,16 +148,20 @@ class BlockTable:
     def to_bytes(self) -> bytes:
         """MAGIC, count, exact flag, group count; per group (multihashes of one length):
         width (u16) and count (u32), the sorted multihashes, then starts and bounds (u64 LE)."""
-        by_width: dict[int, list[tuple[bytes, tuple[int, int]]]] = {}
-        for mh, loc in self.items():
-            by_width.setdefault(len(mh), []).append((mh, loc))
-        parts = [MAGIC, struct.pack("<IBH", len(self), 1 if self.exact else 0, len(by_width))]
-        for width, rows in sorted(by_width.items()):
-            rows.sort()
-            parts.append(struct.pack("<HI", width, len(rows)))
-            parts.append(b"".join(mh for mh, _ in rows))
-            parts.append(_u64([r[1][0] for r in rows]).tobytes())
-            parts.append(_u64([r[1][1] for r in rows]).tobytes())
+        loc = self._loc if self._loc is not None else dict(self.items())
+        # Sorting the multihashes alone (bytes compare in C) and looking their extents up
+        # is ~10x faster than sorting (multihash, extent) tuples: this runs at first mount.
+        by_width: dict[int, list[bytes]] = {}
+        for mh in loc:
+            by_width.setdefault(len(mh), []).append(mh)
+        parts = [MAGIC, struct.pack("<IBH", len(loc), 1 if self.exact else 0, len(by_width))]
+        for width, mhs in sorted(by_width.items()):
+            mhs.sort()
+            extents = [loc[mh] for mh in mhs]
+            parts.append(struct.pack("<HI", width, len(mhs)))
+            parts.append(b"".join(mhs))
+            parts.append(_u64([e[0] for e in extents]).tobytes())
+            parts.append(_u64([e[1] for e in extents]).tobytes())
         return b"".join(parts)
 
     @classmethod
