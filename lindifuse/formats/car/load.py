@@ -11,15 +11,13 @@ and says so (one line); blocks after it are missing (EIO for the files that need
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from lindifuse.cache.indexfiles import IndexFiles
 from lindifuse.errors import FormatError
 from lindifuse.formats.car.blocks import BlockTable
 from lindifuse.formats.car.cid import Cid, cid_from_string
@@ -54,43 +52,28 @@ class TableCache:
     """Block tables of scanned CARs, one file each under ``<cache dir>/indexes``."""
 
     def __init__(self, directory: str) -> None:
-        self.root = os.path.join(directory, "indexes")
+        self.files = IndexFiles(directory, ".car")
+        self.root = self.files.root
 
     @staticmethod
     def key(source: str, validator: str) -> str:
         raw = json.dumps(["car-table", TABLE_FORMAT, source, validator])
         return hashlib.sha256(raw.encode()).hexdigest()
 
-    def _path(self, key: str) -> str:
-        return os.path.join(self.root, key[:2], key + ".car")
-
     def get(self, key: str) -> BlockTable | None:
-        try:
-            with open(self._path(key), "rb") as f:
-                raw = f.read()
-        except OSError:
+        raw = self.files.read(key)
+        if raw is None:
             return None
         try:
             return BlockTable.from_bytes(raw)
         except ValueError:
-            log.warning("cached CAR block table %s is damaged: scanning again", self._path(key))
+            log.warning(
+                "cached CAR block table %s is damaged: scanning again", self.files.path(key)
+            )
             return None
 
     def put(self, key: str, table: BlockTable) -> None:
-        path = self._path(key)
-        try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(table.to_bytes())
-                os.replace(tmp, path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
-        except OSError as e:  # a full or read-only cache never fails a mount
-            log.warning("cannot keep the CAR block table in %s: %s", self.root, e)
+        self.files.write(key, table.to_bytes(), "CAR block table")
 
 
 async def read_header(where: str, size: int, read: ReadAt, head: bytes) -> CarHeader:

@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
@@ -27,6 +26,7 @@ import orjson
 import outcome
 import trio
 
+from lindifuse.cache.indexfiles import IndexFiles
 from lindifuse.errors import FormatError, SourceError
 from lindifuse.formats.hdf5.blockfile import BlockFile
 from lindifuse.formats.hdf5.options import INDEX_FORMAT, IndexOptions, Progress
@@ -56,26 +56,22 @@ class IndexCache:
     """Finished indexes on disk, one JSON file each, written atomically."""
 
     def __init__(self, directory: str) -> None:
-        self.root = os.path.join(directory, "indexes")
+        self.files = IndexFiles(directory, ".json")
+        self.root = self.files.root
 
     @staticmethod
     def key(source: str, validator: str, options: IndexOptions) -> str:
         raw = json.dumps([INDEX_FORMAT, source, validator, asdict(options)], sort_keys=True)
         return hashlib.sha256(raw.encode()).hexdigest()
 
-    def _path(self, key: str) -> str:
-        return os.path.join(self.root, key[:2], key + ".json")
-
     def get(self, key: str) -> dict[str, Any] | None:
-        try:
-            with open(self._path(key), "rb") as f:
-                raw = f.read()
-        except OSError:
+        raw = self.files.read(key)
+        if raw is None:
             return None
         try:
             doc = orjson.loads(raw)
         except orjson.JSONDecodeError:
-            log.warning("cached index %s is damaged: indexing again", self._path(key))
+            log.warning("cached index %s is damaged: indexing again", self.files.path(key))
             return None
         return doc if isinstance(doc, dict) and "refs" in doc else None
 
@@ -102,19 +98,7 @@ class IndexCache:
         return n, size
 
     def put(self, key: str, rfs: dict[str, Any]) -> None:
-        path = self._path(key)
-        try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(orjson.dumps(rfs))
-                os.replace(tmp, path)
-            except BaseException:
-                os.unlink(tmp)
-                raise
-        except OSError as e:  # a full or read-only cache never fails a mount
-            log.warning("cannot keep the index in %s: %s", self.root, e)
+        self.files.write(key, orjson.dumps(rfs), "index")
 
 
 def local_validator(path: str) -> str:
