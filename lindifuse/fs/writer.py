@@ -62,8 +62,10 @@ class Budget:
 class Staged:
     """Content of a file being written, plus bookkeeping.
 
-    Small files are kept in a ``bytearray`` (no temporary file to create, write, read back and
-    close: a zarr chunk costs one copy into memory and one append to the archive); a file that
+    Small files are kept in memory (no temporary file to create, write, read back and close): a
+    file's first write, at offset 0, is kept as the request's own ``bytes`` object, so a zarr
+    chunk written in one request costs no copy at all before its append to the archive; a
+    later change turns it into a ``bytearray`` (one copy). A file that
     grows past ``MEMORY_FILE_MAX`` (or past the mount's memory budget) is *spilled* into an
     anonymous temporary file next to the archive and stays there. In memory, every change runs
     on the trio thread (:meth:`in_memory`, :meth:`fits`); a file's reads and writes go to a
@@ -89,7 +91,8 @@ class Staged:
     def __init__(self, directory: str, budget: Budget | None = None) -> None:
         self.directory = directory
         self.budget = budget if budget is not None else Budget(0)
-        self.buf = bytearray()
+        # bytearray, or the bytes of a file's first write kept as they came (see pwrite)
+        self.buf: bytearray | bytes = bytearray()
         self.file: Any = None
         self.size = 0
         self.dirty = False
@@ -130,6 +133,19 @@ class Staged:
         if self.file is None:
             b = self.buf
             cur = len(b)
+            if not cur and not off and type(buf) is bytes:
+                # The first write of a new file (a zarr chunk arrives whole): keep the request's
+                # own bytes object, no copy (it is immutable, so a commit reading it in a worker
+                # thread needs no snapshot either).
+                self.buf = buf
+                self.budget.used += len(buf)
+                self.size = max(self.size, len(buf))
+                self.dirty = True
+                self.gen += 1
+                return len(buf)
+            if type(b) is bytes:  # shared with pwrite's caller: copy before changing it
+                b = self.buf = bytearray(b)
+            start = cur
             if off > cur:  # a hole: zeros
                 b.extend(bytes(off - cur))
                 cur = off
@@ -139,7 +155,7 @@ class Staged:
                 b[off : off + k] = data[:k]
             if k < len(data):
                 b += data[k:]
-            self.budget.used += len(b) - cur
+            self.budget.used += len(b) - start  # the hole's zeros count too
             n = len(buf)
         else:
             n = os.pwrite(self.file.fileno(), buf, off)
@@ -159,6 +175,8 @@ class Staged:
             self.spill()
         if self.file is None:
             cur = len(self.buf)
+            if type(self.buf) is bytes:
+                self.buf = bytearray(self.buf)
             if size < cur:
                 del self.buf[size:]
             else:
@@ -173,7 +191,7 @@ class Staged:
     def read_all(self) -> bytes:
         buf, f = self.buf, self.file  # buffer first: a spill sets the file before the buffer
         if f is None:
-            return bytes(buf)
+            return buf if type(buf) is bytes else bytes(buf)
         return os.pread(f.fileno(), self.size, 0)
 
     def release(self) -> None:
