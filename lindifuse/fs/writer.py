@@ -125,37 +125,38 @@ class Staged:
         self.budget.used -= len(self.buf)
         self.buf = bytearray()
 
+    def _mutable(self) -> bytearray:
+        """The in-memory content as a ``bytearray``: a first write kept as its request's
+        ``bytes`` (see :meth:`pwrite`) is copied once, before its first change."""
+        if type(self.buf) is bytes:
+            self.buf = bytearray(self.buf)
+        return self.buf  # type: ignore[return-value]
+
     def pwrite(self, off: int, buf: bytes) -> int:
         """Write (in memory only when :meth:`fits`: else call it from a worker thread)."""
         end = off + len(buf)
         if self.file is None and not self.fits(end):
             self.spill()
         if self.file is None:
-            b = self.buf
-            cur = len(b)
-            if not cur and not off and type(buf) is bytes:
+            start = len(self.buf)
+            if not start and not off and type(buf) is bytes:
                 # The first write of a new file (a zarr chunk arrives whole): keep the request's
                 # own bytes object, no copy (it is immutable, so a commit reading it in a worker
                 # thread needs no snapshot either).
                 self.buf = buf
-                self.budget.used += len(buf)
-                self.size = max(self.size, len(buf))
-                self.dirty = True
-                self.gen += 1
-                return len(buf)
-            if type(b) is bytes:  # shared with pwrite's caller: copy before changing it
-                b = self.buf = bytearray(b)
-            start = cur
-            if off > cur:  # a hole: zeros
-                b.extend(bytes(off - cur))
-                cur = off
-            data = memoryview(buf)
-            k = min(len(data), cur - off)
-            if k:
-                b[off : off + k] = data[:k]
-            if k < len(data):
-                b += data[k:]
-            self.budget.used += len(b) - start  # the hole's zeros count too
+            else:
+                b = self._mutable()
+                cur = start
+                if off > cur:  # a hole: zeros
+                    b.extend(bytes(off - cur))
+                    cur = off
+                data = memoryview(buf)
+                k = min(len(data), cur - off)
+                if k:
+                    b[off : off + k] = data[:k]
+                if k < len(data):
+                    b += data[k:]
+            self.budget.used += len(self.buf) - start  # the hole's zeros count too
             n = len(buf)
         else:
             n = os.pwrite(self.file.fileno(), buf, off)
@@ -174,13 +175,12 @@ class Staged:
         if self.file is None and not self.fits(size):
             self.spill()
         if self.file is None:
-            cur = len(self.buf)
-            if type(self.buf) is bytes:
-                self.buf = bytearray(self.buf)
+            b = self._mutable()
+            cur = len(b)
             if size < cur:
-                del self.buf[size:]
+                del b[size:]
             else:
-                self.buf.extend(bytes(size - cur))
+                b.extend(bytes(size - cur))
             self.budget.used += size - cur
         else:
             os.ftruncate(self.file.fileno(), size)
