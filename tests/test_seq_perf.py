@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from remote_data import build_tar
 
-from lindifuse.fs.seqwindow import SeqWindow
+from lindifuse.fs.seqwindow import SeqWindow, TwoWayWindow
 from lindifuse.refs import decode_value, inline_size, padded_chunk_size
 
 # -- the window policy (pure) -------------------------------------------------------------------
@@ -68,6 +68,42 @@ def test_no_free_slot_starts_nothing_and_the_next_read_asks_again():
     assert win.on_read(1) == (2, 6)
 
 
+def test_two_way_window_fetches_ahead_of_a_backward_reader():
+    # dask's order for a reduction: chunk n-1 first, then downwards to 0
+    win = TwoWayWindow(1000, initial=4, maximum=64)
+    started = _drive(win, range(999, -1, -1))
+    sizes = [e - s for _, s, e in started]
+    assert sizes[:5] == [4, 8, 16, 32, 64]
+    covered = sorted(c for _, s, e in started for c in range(s, e))
+    assert covered == list(range(999))  # every chunk below the first, fetched once
+    for pos, start, end in started[1:]:
+        assert end < pos, (pos, start, end)  # each window lies below the reader, in time
+
+
+def test_two_way_window_forward_reader_is_served_as_before_and_never_backwards():
+    fwd = SeqWindow(1000, initial=4, maximum=64)
+    two = TwoWayWindow(1000, initial=4, maximum=64)
+    assert _drive(two, range(1000)) == _drive(fwd, range(1000))
+    # reaching the last chunk (n-1) starts no backward window over what was just read
+    assert two.bwd.ahead == -1
+
+
+def test_two_way_window_backward_reader_a_little_out_of_order():
+    # four workers take descending tasks; their reads reach the daemon slightly shuffled
+    order = []
+    for base in range(511, -1, -4):
+        order += [base - 1, base, base - 3, base - 2]
+    order = [i for i in order if i >= 0]
+    win = TwoWayWindow(512, initial=4, maximum=64)
+    started = _drive(win, order)
+    covered = {c for _, s, e in started for c in range(s, e)}
+    assert len(covered) >= 500 and max(e - s for _, s, e in started) == 64
+
+
+def test_two_way_window_random_reads_fetch_nothing():
+    assert _drive(TwoWayWindow(1000, initial=4, maximum=64), [500, 20, 900, 310, 77]) == []
+
+
 # -- sizes without decoding ----------------------------------------------------------------------
 
 
@@ -116,6 +152,20 @@ def test_remote_sequential_reader_window_grows_and_goes_out_as_concurrent_reques
     # a window of several MiB is split into concurrent requests, but requests stay few
     assert f["readahead_requests"] > f["readahead_windows"]
     assert http_server.count() <= 1 + f["readahead_requests"] <= 1 + 8 * f["readahead_windows"]
+
+
+def test_remote_backward_reader_is_read_ahead_too(mount, http_server):
+    """dask reads a reduction's chunks from the last to the first: the windows go downwards."""
+    data = build_tar(http_server.root / "b.lindi.tar", 256, 64 * 1024)
+    m = mount(http_server.url("b.lindi.tar"), None, "--no-cache")
+    http_server.reset_log()
+    for i in reversed(range(data.nchunks)):
+        assert (m.path / "x" / str(i)).read_bytes() == data.expected(i), i
+    f = stats(m)["fetch"]
+    assert f["readahead_chunks"] >= data.nchunks - 1
+    assert f["readahead_window_max"] > 4 * 2**20 // (64 * 1024)  # it grew
+    # one request per chunk without read-ahead; a few per window with it
+    assert http_server.count() <= 1 + 8 * f["readahead_windows"] < data.nchunks // 2
 
 
 def _bdi_read_ahead(path: Path) -> int:

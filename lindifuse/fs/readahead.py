@@ -9,7 +9,8 @@ a :class:`~lindifuse.fs.content.ReadHook`).
 
 When chunk *k* is read and the reads look sequential (chunk 0, or one of the 3 predecessors was
 read recently, or *k* lies in the window already prefetched), the next sibling chunk files in
-chunk-index order whose references point into the same URL are fetched in the background,
+chunk-index order whose references point into the same URL are fetched in the background (for a
+reader walking backwards, as dask's task order does, the previous ones: ``seqwindow.TwoWayWindow``),
 split into memory (and disk) cache entries. The window grows like the kernel's (4 MiB first,
 doubled while the reader keeps up, up to 64 MiB) and goes out as several concurrent requests;
 the next window starts while the reader is inside the current one. For local sources the window
@@ -28,7 +29,7 @@ import trio
 from lindifuse.errors import RefError
 from lindifuse.fs.content import ContentService, Resolved
 from lindifuse.fs.fetch import MERGE_GAP, Fetcher, plan_merges
-from lindifuse.fs.seqwindow import SeqWindow
+from lindifuse.fs.seqwindow import TwoWayWindow
 from lindifuse.fs.tree import Node
 from lindifuse.refs import is_chunk_name
 
@@ -48,7 +49,7 @@ def _chunk_sort_key(name: str) -> tuple[int, ...]:
 class _DirState:
     order: list[Node]
     index: dict[str, int]
-    win: SeqWindow | None = None  # the window policy, sized from the first chunk read
+    win: TwoWayWindow | None = None  # the window policy, sized from the first chunk read
 
 
 class ReadAhead:
@@ -103,7 +104,7 @@ class ReadAhead:
         win = st.win
         if win is None:
             per = max(1, r.stored)
-            win = st.win = SeqWindow(
+            win = st.win = TwoWayWindow(
                 len(st.order),
                 initial=max(2, self.initial_bytes // per),
                 maximum=max(1, min(self.max_chunks, self.max_bytes // per)),
