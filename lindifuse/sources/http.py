@@ -19,16 +19,18 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import urljoin, urlsplit
 
-import httpx
 import trio
 
 from lindifuse import __version__
 from lindifuse.errors import HostNotAllowed, OriginError, RefError, VersionChanged
 from lindifuse.sources.dandi import DandiResolver
 from lindifuse.stormlog import StormLog
+
+if TYPE_CHECKING:  # imported on first use: a mount of local files never needs it (~25 ms)
+    import httpx
 
 _R = TypeVar("_R")
 
@@ -300,23 +302,25 @@ class HttpClient:
         self._probes: dict[str, trio.Event] = {}
         self._resolving: dict[str, trio.Event] = {}
         self._host_limits: dict[str, trio.Semaphore] = {}
-        self._client_args = {
-            "follow_redirects": True,
-            "timeout": httpx.Timeout(timeout, connect=min(timeout, 10.0)),
-            "limits": httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            ),
-            "headers": {"User-Agent": f"lindifuse/{__version__}"},
-            "event_hooks": {"request": [self._check_request]} if self.hosts else None,
-        }
+        self._max_connections = max_connections
         self._async_client: httpx.AsyncClient | None = None
 
     @property
     def _client(self) -> httpx.AsyncClient:
         """The pooled async client, made on first use: making one loads the system's CA
-        certificates and httpcore (about 60 ms), which a mount of local files never needs."""
+        certificates and httpcore (about 60 ms), and importing httpx 25 ms more, which a mount
+        of local files never needs."""
         if self._async_client is None:
-            self._async_client = httpx.AsyncClient(**self._client_args)
+            import httpx
+
+            n = self._max_connections
+            self._async_client = httpx.AsyncClient(
+                follow_redirects=True,
+                timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0)),
+                limits=httpx.Limits(max_connections=n, max_keepalive_connections=n),
+                headers={"User-Agent": f"lindifuse/{__version__}"},
+                event_hooks={"request": [self._check_request]} if self.hosts else None,
+            )
         return self._async_client
 
     @_client.setter
@@ -460,6 +464,8 @@ class HttpClient:
         self, url: str, headers: dict[str, str], method: str = "GET", *, redirects: bool = True
     ) -> httpx.Response:
         """One request with retries on connection errors, timeouts and 5xx/429."""
+        import httpx
+
         return await self._retrying(
             url,
             lambda: self._client.request(method, url, headers=headers, follow_redirects=redirects),
