@@ -63,6 +63,8 @@ from typing import Any
 
 import trio
 
+from lindifuse.cache.directwrite import DirectWriter
+
 log = logging.getLogger(__name__)
 
 FORMAT_DIR = "v1"
@@ -163,16 +165,25 @@ class DiskStats:
     errors: int = 0
     dropped_writes: int = 0
     full: int = 0  # writes that failed because the cache's file system is full
+    direct_writes: int = 0  # content files written with O_DIRECT (no page cache copy)
 
 
 class DiskCache:
     """The blocking store. Thread-safe; safe with other processes on the same directory."""
 
     def __init__(
-        self, directory: str, max_bytes: int, *, inline_max: int = INLINE_MAX, register: bool = True
+        self,
+        directory: str,
+        max_bytes: int,
+        *,
+        inline_max: int = INLINE_MAX,
+        register: bool = True,
+        direct_writes: bool = True,
     ) -> None:
         """Open (creating) the store. ``register``: take part in the shared bound (a mount);
-        administration commands (``lindifuse cache``) open it without a bound of their own."""
+        administration commands (``lindifuse cache``) open it without a bound of their own.
+        ``direct_writes``: write content files with ``O_DIRECT`` where the file system takes it
+        (``lindifuse.cache.directwrite``)."""
         self.directory = os.path.abspath(directory)
         self.root = os.path.join(self.directory, FORMAT_DIR)
         self.data_dir = os.path.join(self.root, "data")
@@ -188,6 +199,7 @@ class DiskCache:
         self._read_db = self._connect()
         self._write_db = self._connect()
         self._write_lock = threading.Lock()
+        self._direct = DirectWriter(direct_writes)
         self._limit_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         with self._write_lock:
             self._write_db.executescript(_SCHEMA)
@@ -383,16 +395,27 @@ class DiskCache:
                 os.unlink(self._path(fname))
 
     def _write_file(self, fname: str, data: bytes) -> None:
+        """Write a content file under a temporary name and rename it into place: with
+        ``O_DIRECT`` where the file system takes it (``lindifuse.cache.directwrite``: no page
+        cache copy allocated), else buffered."""
         folder = os.path.join(self.data_dir, fname[:2])
         tmp = os.path.join(folder, f".tmp-{fname}")
         try:
-            f = open(tmp, "wb")  # noqa: SIM115 - closed below
-        except FileNotFoundError:
-            os.makedirs(folder, exist_ok=True)
-            f = open(tmp, "wb")  # noqa: SIM115
-        try:
-            with f:
-                f.write(data)
+            try:
+                direct = self._direct.write(tmp, data)
+            except FileNotFoundError:
+                os.makedirs(folder, exist_ok=True)
+                direct = self._direct.write(tmp, data)
+            if direct:
+                self.stats.direct_writes += 1
+            else:
+                try:
+                    f = open(tmp, "wb")  # noqa: SIM115 - closed below
+                except FileNotFoundError:
+                    os.makedirs(folder, exist_ok=True)
+                    f = open(tmp, "wb")  # noqa: SIM115
+                with f:
+                    f.write(data)
             os.rename(tmp, os.path.join(folder, fname))
         except BaseException:
             with contextlib.suppress(OSError):
