@@ -193,7 +193,11 @@ def test_block_table_round_trip_and_cache(tmp_path: Path) -> None:
         BlockTable.from_bytes(raw[:-3])
     cache = TableCache(str(tmp_path))
     first = Opened(data, cache=cache, validator="v1")
-    assert first.car.how == "scan"
+    assert first.car.how == "scan" and first.car.unsaved is not None
+    # the table is written by the daemon once the mount answers, not while it is opened
+    assert Opened(data, cache=cache, validator="v1").car.how == "scan"
+    first.car.save_table()
+    assert first.car.unsaved is None
     second = Opened(data, cache=cache, validator="v1")
     assert second.car.how == "cache" and len(second.car.table) == len(first.car.table)
     assert Opened(data, cache=cache, validator="v2").car.how == "scan"  # another version
@@ -445,3 +449,61 @@ def test_damaged_cars_never_serve_wrong_bytes(name: str) -> None:
                 assert [hashlib.sha256(got).hexdigest(), len(got)] == expected[key], key
                 served_ok += 1
     assert served_ok > 100
+
+
+def test_large_maps_take_the_bulk_walk_and_keep_its_runs() -> None:
+    """Maps of more than 16 entries are walked in bulk when all but their metadata are chunk
+    links; any other large map (a bad name, a sub-map link, inline bytes) goes entry by entry.
+    Either way the tree's entries and its runs (for ``Tree.from_runs``) are the same keys."""
+    from lindifuse.fs.tree import Tree
+
+    blocks: list[tuple[bytes, bytes]] = []
+
+    def chunk_links(n: int, tag: str) -> dict:
+        out = {}
+        for i in range(n):
+            data = f"{tag}{i}".encode()
+            c = cid(data, RAW)
+            blocks.append((c, data))
+            out[str(i)] = link(c)
+        return out
+
+    sub = dag_cbor(chunk_links(3, "s"))
+    sub_cid = cid(sub, DAG_CBOR)
+    blocks.append((sub_cid, sub))
+    zarray = {"chunks": [1], "dtype": "|u1", "shape": [40], "zarr_format": 2}
+    bad = chunk_links(20, "b")
+    bad["x/y"] = bad.pop("19")
+    mixed = chunk_links(20, "c")
+    mixed["g"] = link(sub_cid)
+    mixed["inline"] = b"\x07"
+    root = {
+        ".zgroup": {"zarr_format": 2},
+        "a": {".zarray": zarray, ".zattrs": {"u": 1}, **chunk_links(40, "a")},
+        "b": bad,
+        "c": mixed,
+    }
+    rb = dag_cbor(root)
+    rc = cid(rb, DAG_CBOR)
+    op = Opened(car_v1([rc], [(rc, rb), *blocks]))
+    tree = op.tree()
+    keys = set(tree.entries)
+    assert {f"a/{i}" for i in range(40)} | {"a/.zarray", "a/.zattrs"} <= keys
+    assert tree.entries["a/.zarray"] == zarray  # inline metadata, served as its JSON
+    assert "b/18" in keys and "b/x/y" not in keys and "b/19" not in keys
+    assert any("bad name 'x/y'" in p for p in tree.problems)
+    assert {"c/g/0", "c/g/2", "c/inline", "c/19"} <= keys
+    assert served(op, tree.entries["a/7"]) == b"a7"
+    assert served(op, tree.entries["c/g/1"]) == b"s1"
+    run_keys = [k for _, _, ks in tree.runs for k in ks]
+    assert sorted(run_keys) == sorted(keys) and len(run_keys) == len(keys)
+    for parent, names, ks in tree.runs:
+        assert ks == [f"{parent}/{n}" if parent else n for n in names]
+    files = {n.key for n in Tree.from_runs(tree.runs).walk_files()}
+    assert files == {n.key for n in Tree.from_keys(list(tree.entries)).walk_files()} == keys
+    from lindifuse.formats.car import dagcbor
+    from lindifuse.formats.car.layout import _bulk_links
+
+    decoded = dagcbor.decode(rb)
+    assert _bulk_links(decoded["a"], "a") is not None  # the bulk path is the one taken
+    assert _bulk_links(decoded["b"], "b") is None and _bulk_links(decoded["c"], "c") is None

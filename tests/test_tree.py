@@ -151,3 +151,41 @@ def test_mutations_for_writable_mounts_keep_keys_consistent():
     assert f.key == "a/new" and t.nfiles == 4
     t.remove(f)
     assert t.nfiles == 3 and t.get(f.inode) is None
+
+
+def _runs(keys: list[str]) -> list[tuple[str, list[str], list[str]]]:
+    """``keys`` as runs of one directory, as a loader that walked them would give them."""
+    runs: list[tuple[str, list[str], list[str]]] = []
+    for key in keys:
+        parent, _, name = key.rpartition("/")
+        if not runs or runs[-1][0] != parent:
+            runs.append((parent, [], []))
+        runs[-1][1].append(name)
+        runs[-1][2].append(key)
+    return runs
+
+
+def test_from_runs_builds_what_from_keys_builds():
+    chunks = [f"acquisition/ts/data/{i}" for i in range(50)]
+    cases = [
+        KEYS,
+        KEYS + chunks,
+        ["a", "a/b", "c/d"],  # a file key that is also a directory, both orders
+        ["a/b", "a", "c/d"],
+        ["x/y", "x/y/z/w"],
+        ["a/b", "a/b", "a/c"],  # a repeated name inside one run: the key-by-key path
+        ["d/0", "d/1", "e/0", "d/2", "d/1"],  # a directory met again, with a name it has
+    ]
+    for keys in cases:
+        want, got = Tree.from_keys(keys), Tree.from_runs(_runs(keys))
+        assert files_and_dirs(got) == files_and_dirs(want), keys
+        assert sorted(got.conflicts) == sorted(want.conflicts), keys
+        assert (got.nfiles, got.ndirs) == (want.nfiles, want.ndirs), keys
+        assert {n.key: i for i, n in got.nodes.items()} == {n.key: i for i, n in want.nodes.items()}
+        for node in got.nodes.values():
+            if node.parent is not None:
+                assert node.parent.children[node.name] is node
+                assert got.by_key(node.key) is node
+    # one run of new names takes the bulk path: inodes follow the run's order
+    t = Tree.from_runs([("", [".zgroup"], [".zgroup"]), ("data", ["0", "1"], ["data/0", "data/1"])])
+    assert [t.by_key(k).inode for k in (".zgroup", "data", "data/0", "data/1")] == [2, 3, 4, 5]

@@ -19,6 +19,7 @@ import json
 import os
 import posixpath
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin
@@ -71,6 +72,13 @@ class Container:
     # the container's own members, as for a remote source.
     local_refs: bool = True
     hosts: HostRule | None = None  # --allowed-hosts (None or empty: any host)
+    # Blocking jobs the daemon runs in a worker thread once the mount answers, work that
+    # need not delay it (writing a freshly scanned CAR block table to the cache); run again
+    # at close in case the mount ended first, so each must do nothing the second time.
+    after_mount: list[Callable[[], None]] = field(default_factory=list)
+    # The keys of ``rset`` as runs of one directory, (directory, names, keys), when the loader
+    # walked them so (a CAR's maps): the tree is built from them without splitting each key.
+    key_runs: list[tuple[str, list[str], list[str]]] | None = None
 
     def resolve(self, target: str) -> Location:
         """Concrete location of a (template-expanded) reference target; RefError if refused."""
@@ -277,6 +285,9 @@ async def _load_car(
     rset = ReferenceSet(refs=loaded.tree.entries, templates={}, rejected=[], extra={})
     c = Container("car", source, remote, rset, mtime, 0, total_size=total)
     c.index = loaded
+    c.key_runs = loaded.tree.runs
+    if loaded.archive.unsaved is not None:
+        c.after_mount.append(loaded.archive.save_table)
     return c
 
 

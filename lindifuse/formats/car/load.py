@@ -3,7 +3,8 @@
 ``open_car`` reads through ``read(offset, size)`` (local file or HTTP range, supplied by the
 caller) and never reads a block's bytes to build the table: a CARv2 index gives section
 offsets; a CARv1 is scanned once, section header by section header, in windows of
-``SCAN_WINDOW`` bytes, and the table is kept by the caller's cache (``TableCache``, beside the
+``SCAN_WINDOW`` bytes, and the table is kept by the caller's cache (written by ``CarArchive.save_table`` once the
+mount answers) (``TableCache``, beside the
 HDF5 indexes, keyed by source and version) so the next mount of an unchanged file reads no
 section at all. A CAR cut short mounts what it holds: the scan stops at the broken section
 and says so (one line); blocks after it are missing (EIO for the files that need them).
@@ -46,6 +47,16 @@ class CarArchive:
     root: Cid
     problems: list[str] = field(default_factory=list)
     how: str = "scan"  # "scan", "index" (CARv2) or "cache"
+    # The scanned table, still to be written to the cache (``save_table``): the mount does
+    # that once it answers, since serialising 100,000 blocks takes longer than scanning them.
+    unsaved: tuple[TableCache, str] | None = None
+
+    def save_table(self) -> None:
+        """Write a freshly scanned table to the cache (blocking: run it in a worker thread)."""
+        if self.unsaved is not None:
+            cache, key = self.unsaved
+            self.unsaved = None
+            cache.put(key, self.table)
 
 
 class TableCache:
@@ -161,7 +172,5 @@ async def open_car(
     if table is None:
         table = await scan_table(where, header, size, read, problems)
         if key is not None and cache is not None and not problems:
-            import trio
-
-            await trio.to_thread.run_sync(cache.put, key, table)
+            return CarArchive(where, size, header, table, chosen, problems, how, (cache, key))
     return CarArchive(where, size, header, table, chosen, problems, how)
