@@ -10,6 +10,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import cbor2
 import pytest
 import trio
 from carwriter import (
@@ -477,6 +478,8 @@ def test_large_maps_take_the_bulk_walk_and_keep_its_runs() -> None:
     mixed = chunk_links(20, "c")
     mixed["g"] = link(sub_cid)
     mixed["inline"] = b"\x07"
+    mixed["t"] = cbor2.CBORTag(99, b"x")  # not a link: left out, said, the rest served
+    mixed["z"] = cbor2.CBORTag(42, b"\x01\x55")  # a link without its 0x00 prefix
     root = {
         ".zgroup": {"zarr_format": 2},
         "a": {".zarray": zarray, ".zattrs": {"u": 1}, **chunk_links(40, "a")},
@@ -493,6 +496,8 @@ def test_large_maps_take_the_bulk_walk_and_keep_its_runs() -> None:
     assert "b/18" in keys and "b/x/y" not in keys and "b/19" not in keys
     assert any("bad name 'x/y'" in p for p in tree.problems)
     assert {"c/g/0", "c/g/2", "c/inline", "c/19"} <= keys
+    assert "c/t" not in keys and any("c/t: CBOR tag 99 is not allowed" in p for p in tree.problems)
+    assert "c/z" not in keys and any(p.startswith("c/z: a DAG-CBOR link") for p in tree.problems)
     assert served(op, tree.entries["a/7"]) == b"a7"
     assert served(op, tree.entries["c/g/1"]) == b"s1"
     run_keys = [k for _, _, ks in tree.runs for k in ks]
@@ -504,6 +509,49 @@ def test_large_maps_take_the_bulk_walk_and_keep_its_runs() -> None:
     from lindifuse.formats.car import dagcbor
     from lindifuse.formats.car.layout import _bulk_links
 
-    decoded = dagcbor.decode(rb)
-    assert _bulk_links(decoded["a"], "a") is not None  # the bulk path is the one taken
-    assert _bulk_links(decoded["b"], "b") is None and _bulk_links(decoded["c"], "c") is None
+    decoded, tag = dagcbor.decode(rb, links=False), dagcbor.tag_type()
+    assert _bulk_links(decoded["a"], "a", tag) is not None  # the bulk path is the one taken
+    assert _bulk_links(decoded["b"], "b", tag) is None
+    assert _bulk_links(decoded["c"], "c", tag) is None
+
+
+@pytest.mark.parametrize("window", [64, 97, 1000, 1 << 20])
+def test_scan_finds_every_section_across_cid_shapes_and_windows(
+    window: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scan keeps the CID shape it saw last and re-parses on any change: CIDv0, CIDv1 of
+    sha2-256, blake2b-256 and identity hashes, raw and dag-cbor codecs, sections of one- and
+    two-byte lengths, in windows that cut headers anywhere; a repeated block: the first serves."""
+    from lindifuse.formats.car import load
+
+    monkeypatch.setattr(load, "SCAN_WINDOW", window)
+    blocks: list[tuple[bytes, bytes]] = []
+    for i in range(60):
+        data = bytes([i]) * (i * 7 % 300 + 1)
+        kind = i % 6  # a fresh parse (blake2b's two-byte code) between two raw sha2-256
+        if kind == 0:
+            c = b"\x12\x20" + hashlib.sha256(data).digest()  # CIDv0
+        elif kind == 2:
+            c = cid(data, RAW, BLAKE2B_256)
+        elif kind == 4:
+            c = cid(data[:20], RAW, IDENTITY)
+            data = data[:20]
+        elif kind == 5:
+            c = cid(data, DAG_CBOR)
+        else:
+            c = cid(data, RAW)
+        blocks.append((c, data))
+    blocks.append(blocks[4])  # the same block again, later in the file
+    car = car_v1([blocks[0][0]], blocks)
+    want: dict[bytes, tuple[int, int]] = {}
+    pos = len(car) - sum(len(section(c, d)) for c, d in blocks)
+    for c, d in blocks:
+        n = len(section(c, d))
+        want.setdefault(parse_cid(c, 0)[0].mh, (pos, pos + n))
+        pos += n
+    assert pos == len(car)
+    table = Opened(car).car.table
+    assert sorted(table.items()) == sorted(want.items())
+    assert len(table) == len(want) == 60
+    back = BlockTable.from_bytes(table.to_bytes())
+    assert sorted(back.items()) == sorted(want.items())

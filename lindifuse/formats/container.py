@@ -271,8 +271,10 @@ async def _load_car(
         mtime = st.st_mtime
 
         async def read_raw(offset: int, size: int) -> bytes:
+            # a scan window is mostly not in the page cache: straight to a worker thread (a
+            # non-blocking attempt first would allocate the window twice)
             try:
-                return await reader.local.read(source, offset, size)
+                return await trio.to_thread.run_sync(reader.local.pread, source, offset, size)
             except RefError as e:
                 raise SourceError(f"{source}: {e}") from None
 

@@ -37,6 +37,9 @@ def _u64_from(raw: bytes, pos: int, n: int) -> array:
     return a
 
 
+_next = (1).__add__
+
+
 class _Run:
     """``n`` sorted multihashes of ``width`` bytes back to back in ``raw``, as a sequence (for
     ``bisect``): item ``i`` is sliced out when asked for."""
@@ -59,14 +62,21 @@ class _Run:
 class BlockTable:
     """Where each block's section lies: ``get(mh)`` -> (start, bound), absolute offsets.
 
-    Filled by a scan or an index as a dict; read back from the cache as sorted fixed-width
-    multihash runs (one per multihash length) searched by bisection, with ``array`` offsets,
-    so loading the table of a CAR of 100,000 blocks creates no per-block Python object (a
-    few milliseconds, and no numpy import)."""
+    Three forms, one contract. A scan gives the multihashes in file order with an ``array`` of
+    section starts (sections follow each other, so each ends where the next starts) and a
+    dict from multihash to position, built by one C-level ``dict(zip(...))``: no per-block
+    tuple or offset object (``from_scan``). An index (and ``add_sections``) fills a dict of
+    extents. The cache's form is read back as sorted fixed-width multihash runs (one per
+    multihash length) searched by bisection, with ``array`` offsets, so loading the table of
+    a CAR of 100,000 blocks creates no per-block Python object (a few milliseconds, and no
+    numpy import)."""
 
-    __slots__ = ("_loc", "_groups", "_count", "exact")
+    __slots__ = ("_loc", "_groups", "_count", "exact", "_pos", "_starts", "_end")
 
     def __init__(self, exact: bool = True) -> None:
+        self._pos: dict[bytes, int] | None = None  # a scan: multihash -> index in _starts
+        self._starts = array("Q")
+        self._end = 0
         self._loc: dict[bytes, tuple[int, int]] | None = {}
         # width -> (sorted digests 'S<width>', starts, bounds), for a table loaded from bytes
         self._groups: dict[int, tuple[Any, Any, Any]] = {}
@@ -74,13 +84,34 @@ class BlockTable:
         # True: each extent is exactly its section (scanned); False: an upper bound (an index)
         self.exact = exact
 
+    @classmethod
+    def from_scan(cls, mhs: list[bytes], starts: array, end: int) -> BlockTable:
+        """From a scan (``framing.scan_into``): the multihash and start of each section in file
+        order, and where the last one ends. A repeated block: the first serves."""
+        table = cls()
+        table._loc = None
+        n = len(mhs)
+        # reversed, so the first of repeated multihashes is the one written last, and kept
+        table._pos = dict(zip(reversed(mhs), range(n - 1, -1, -1), strict=True))
+        table._starts = starts
+        table._end = end
+        return table
+
     def __len__(self) -> int:
+        if self._pos is not None:
+            return len(self._pos)
         return len(self._loc) if self._loc is not None else self._count
 
     def __contains__(self, mh: bytes) -> bool:
         return self.get(mh) is not None
 
     def get(self, mh: bytes) -> tuple[int, int] | None:
+        if self._pos is not None:
+            i = self._pos.get(mh)
+            if i is None:
+                return None
+            starts = self._starts
+            return starts[i], starts[i + 1] if i + 1 < len(starts) else self._end
         if self._loc is not None:
             return self._loc.get(mh)
         group = self._groups.get(len(mh))
@@ -93,6 +124,8 @@ class BlockTable:
         return None
 
     def items(self) -> list[tuple[bytes, tuple[int, int]]]:
+        if self._pos is not None:
+            return [(mh, self.get(mh)) for mh in self._pos]  # type: ignore[misc]
         if self._loc is not None:
             return list(self._loc.items())
         out = []
@@ -104,7 +137,7 @@ class BlockTable:
     def add_sections(self, sections: Iterable[tuple[bytes, int, int]]) -> None:
         """(multihash, start, end) of scanned sections; a repeated block: the first serves."""
         loc = self._loc
-        assert loc is not None, "a table read back from the cache is not added to"
+        assert loc is not None, "a scanned table, or one read back from the cache, is not added to"
         for mh, start, end in sections:
             if mh not in loc:
                 loc[mh] = (start, end)
@@ -148,20 +181,39 @@ class BlockTable:
     def to_bytes(self) -> bytes:
         """MAGIC, count, exact flag, group count; per group (multihashes of one length):
         width (u16) and count (u32), the sorted multihashes, then starts and bounds (u64 LE)."""
-        loc = self._loc if self._loc is not None else dict(self.items())
         # Sorting the multihashes alone (bytes compare in C) and looking their extents up
-        # is ~10x faster than sorting (multihash, extent) tuples: this runs at first mount.
+        # is ~10x faster than sorting (multihash, extent) tuples.
+        if self._pos is not None:
+            keys: Any = self._pos
+            ext = self._starts + array("Q", [self._end])
+            pos = self._pos.__getitem__
+
+            def extents(mhs: list[bytes]) -> tuple[list[int], list[int]]:
+                idx = list(map(pos, mhs))  # all C-level: a pass per column, not per block
+                return list(map(ext.__getitem__, idx)), list(map(ext.__getitem__, map(_next, idx)))
+        else:
+            keys = self._loc if self._loc is not None else dict(self.items())
+
+            def extents(mhs: list[bytes]) -> tuple[list[int], list[int]]:
+                got = list(map(keys.__getitem__, mhs))
+                return [e[0] for e in got], [e[1] for e in got]
+
         by_width: dict[int, list[bytes]] = {}
-        for mh in loc:
-            by_width.setdefault(len(mh), []).append(mh)
-        parts = [MAGIC, struct.pack("<IBH", len(loc), 1 if self.exact else 0, len(by_width))]
+        for width in set(map(len, keys)):
+            by_width[width] = []
+        if len(by_width) == 1:
+            by_width[next(iter(by_width))] = list(keys)
+        else:
+            for mh in keys:
+                by_width[len(mh)].append(mh)
+        parts = [MAGIC, struct.pack("<IBH", len(keys), 1 if self.exact else 0, len(by_width))]
         for width, mhs in sorted(by_width.items()):
             mhs.sort()
-            extents = [loc[mh] for mh in mhs]
+            starts, bounds = extents(mhs)
             parts.append(struct.pack("<HI", width, len(mhs)))
             parts.append(b"".join(mhs))
-            parts.append(_u64([e[0] for e in extents]).tobytes())
-            parts.append(_u64([e[1] for e in extents]).tobytes())
+            parts.append(_u64(starts).tobytes())
+            parts.append(_u64(bounds).tobytes())
         return b"".join(parts)
 
     @classmethod

@@ -46,15 +46,38 @@ def _tag_hook(a: Any, b: Any = None) -> Any:
     return Link(value[1:])
 
 
-def decode(data: bytes) -> Any:
-    """The value encoded in ``data`` (one whole DAG-CBOR item). DagCborError if malformed."""
+def tag_type() -> type:
+    """cbor2's ``CBORTag``, the type of the tags ``decode(..., links=False)`` leaves in place."""
+    import cbor2
+
+    return cbor2.CBORTag  # type: ignore[no-any-return]
+
+
+def link_payload(tag: Any) -> bytes:
+    """The payload (0x00, then the binary CID) of a tag left by ``decode(..., links=False)``;
+    DagCborError for any tag but a well-formed link."""
+    value = tag.value
+    if tag.tag != LINK_TAG:
+        raise DagCborError(f"CBOR tag {tag.tag} is not allowed in DAG-CBOR")
+    if type(value) is not bytes or not value or value[0] != 0:
+        raise DagCborError("a DAG-CBOR link must be a byte string starting with 0x00")
+    return value
+
+
+def decode(data: bytes, *, links: bool = True) -> Any:
+    """The value encoded in ``data`` (one whole DAG-CBOR item). DagCborError if malformed.
+
+    ``links=False`` leaves every tag as cbor2 made it (a ``CBORTag``) for the caller to check
+    with ``link_payload``: no Python call per link, which is a third of decoding a map of
+    100,000 chunk links (0.11 -> 0.075 s here)."""
     import io
 
     import cbor2
 
     fp = io.BytesIO(data)
     try:
-        value = cbor2.CBORDecoder(fp, tag_hook=_tag_hook).decode()
+        decoder = cbor2.CBORDecoder(fp, tag_hook=_tag_hook) if links else cbor2.CBORDecoder(fp)
+        value = decoder.decode()
     except DagCborError:
         raise
     except (cbor2.CBORDecodeError, ValueError, TypeError, RecursionError, EOFError) as e:

@@ -15,6 +15,7 @@ against the CID it carries as well as the link that asked for it.
 from __future__ import annotations
 
 import struct
+from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -129,29 +130,54 @@ def parse_header(buf: bytes | memoryview, size: int) -> CarHeader:
 def scan(
     buf: bytes | memoryview, base: int, pos: int, limit: int
 ) -> tuple[list[tuple[bytes, int, int]], int, str | None]:
-    """Sections whose varint and CID lie in ``buf`` (which holds the bytes from absolute
-    offset ``base``), from absolute ``pos`` on, up to ``limit`` (the payload's end).
+    """``scan_into`` as (multihash, start, end) per section, for callers that want tuples."""
+    mhs: list[bytes] = []
+    starts = array("Q")
+    nxt, problem = scan_into(buf, base, pos, limit, mhs, starts)
+    ends = [*starts[1:], nxt] if starts else []
+    return list(zip(mhs, starts, ends, strict=True)), nxt, problem
 
-    Returns ((multihash, start, end) per section, next position, problem). A section's block
+
+def scan_into(
+    buf: bytes | memoryview,
+    base: int,
+    pos: int,
+    limit: int,
+    mhs: list[bytes],
+    starts: array,
+) -> tuple[int, str | None]:
+    """Append the multihash and start of each section whose varint and CID lie in ``buf``
+    (which holds the bytes from absolute offset ``base``), from absolute ``pos`` on, up to
+    ``limit`` (the payload's end), to ``mhs`` and ``starts``.
+
+    Returns (next position, problem). Sections follow each other, so each one ends where the
+    next starts and the last where the next position is: no end is stored. A section's block
     bytes need not be in ``buf``: its length is known from its varint, and the next position
     may lie past the buffer (the caller reads from there). ``problem`` (the scan stops there;
-    the sections before it are returned) names a section that runs past ``limit``, a zero
-    length or a malformed CID. The common case (one- to three-byte varints, a CIDv1 with a
-    one-byte codec and hash code, or a CIDv0) is parsed inline: a CAR of 100,000 blocks is
-    scanned in a fraction of a second; anything else goes through ``parse_cid``."""
-    out: list[tuple[bytes, int, int]] = []
+    the sections before it are kept) names a section that runs past ``limit``, a zero length
+    or a malformed CID. The common case (one- or two-byte varints, then a CID of the shape of
+    the one before it: a CIDv1 with one-byte codec and hash code, or a CIDv0) costs one
+    ``startswith`` and one slice; anything else goes through ``parse_cid``."""
     if not isinstance(buf, bytes):
         buf = bytes(buf)
     n = len(buf)
     stop = n - 40 if base + n < limit else n  # past it, a header may straddle the buffer end
-    rel = pos - base
     try:
-        return _scan_loop(buf, base, pos, limit, n, stop, rel, out)
+        return _scan_loop(buf, base, pos, limit, n, stop, mhs, starts)
     except IndexError:  # a header cut short by the end of the data (or of a malformed section)
-        pos = out[-1][2] if out else pos
+        # the sections appended so far are whole: go on (or stop) after the last one
+        pos = _end_of_last(buf, base, starts, pos)
         if base + n < limit:
-            return out, pos, None
-        return out, pos, f"section at offset {pos}: header runs past the end of the data"
+            return pos, None
+        return pos, f"section at offset {pos}: header runs past the end of the data"
+
+
+def _end_of_last(buf: bytes, base: int, starts: array, pos: int) -> int:
+    """Where the section after the last one appended from ``buf`` starts (``pos`` if none)."""
+    if not starts or starts[-1] < base:
+        return pos
+    length, p = read_varint(buf, starts[-1] - base)
+    return base + p + length
 
 
 def _scan_loop(
@@ -161,10 +187,18 @@ def _scan_loop(
     limit: int,
     n: int,
     stop: int,
-    rel: int,
-    out: list[tuple[bytes, int, int]],
-) -> tuple[list[tuple[bytes, int, int]], int, str | None]:
-    append = out.append
+    mhs: list[bytes],
+    starts: array,
+) -> tuple[int, str | None]:
+    add_mh = mhs.append
+    add_start = starts.append
+    startswith = buf.startswith
+    # The CID prefix (version, codec, hash code, digest length) seen last, and for it the bytes
+    # before the multihash and the CID's length; to begin with, that of the CIDv1 01 00 00 00
+    # (identity codec and hash, empty digest), which these parse rightly should it occur.
+    first_shape = shape = b"\x01\x00\x00\x00"
+    skip, width = 2, 4
+    rel = pos - base
     while pos < limit and rel < stop:
         b0 = buf[rel]
         if b0 < 0x80:
@@ -175,40 +209,47 @@ def _scan_loop(
             try:
                 length, p = read_varint(buf, rel)
             except ValueError:
-                return out, pos, f"bad section length at offset {pos}"
+                return pos, f"bad section length at offset {pos}"
         end = base + p + length
         if length == 0 or end > limit or length > MAX_SECTION:
             if length == 0:
-                return out, pos, f"empty section at offset {pos}"
+                return pos, f"empty section at offset {pos}"
             return (
-                out,
                 pos,
-                (
-                    f"section at offset {pos} ({length} bytes) runs past the end of the data ({limit})"
-                ),
+                f"section at offset {pos} ({length} bytes) runs past the end of the data ({limit})",
             )
-        # inline CID parse: CIDv1 = 01 codec code len digest; CIDv0 = 12 20 digest
-        c0 = buf[p]
-        if c0 == 1 and buf[p + 1] < 0x80 and buf[p + 2] < 0x80 and buf[p + 3] < 0x80:
-            q = p + 4 + buf[p + 3]
-            mh = buf[p + 2 : q]
-        elif c0 == 0x12 and buf[p + 1] == 0x20:
-            q = p + 34
-            mh = buf[p:q]
+        if startswith(shape, p):
+            q = p + width
+            mh = buf[p + skip : q]
         else:
-            try:
-                cid, q = parse_cid(buf, p)
-            except ValueError as e:
-                return out, pos, f"section at offset {pos}: bad CID ({e})"
-            mh = cid.mh
+            # a CID of another shape than the last: CIDv1 = 01 codec code len digest,
+            # CIDv0 = 12 20 digest (inline when the varints are one byte each)
+            c0 = buf[p]
+            if c0 == 1 and buf[p + 1] < 0x80 and buf[p + 2] < 0x80 and buf[p + 3] < 0x80:
+                shape, skip, width = buf[p : p + 4], 2, 4 + buf[p + 3]
+            elif c0 == 0x12 and buf[p + 1] == 0x20:
+                shape, skip, width = buf[p : p + 2], 0, 34
+            else:  # a rare shape: parsed in full (and the shape to match is reset)
+                try:
+                    cid, q = parse_cid(buf, p)
+                except ValueError as e:
+                    return pos, f"section at offset {pos}: bad CID ({e})"
+                width = -1
+                mh = cid.mh
+            if width >= 0:
+                q = p + width
+                mh = buf[p + skip : q]
+            else:
+                shape, skip, width = first_shape, 2, 4
         if q > n or base + q > end:
             if q > n:  # a CID cut by the buffer's end: let the caller read on
                 break
-            return out, pos, f"section at offset {pos}: CID longer than the section"
-        append((mh, pos, end))
+            return pos, f"section at offset {pos}: CID longer than the section"
+        add_mh(mh)
+        add_start(pos)
         pos = end
         rel = pos - base
-    return out, pos, None
+    return pos, None
 
 
 def split_section(section: bytes, want: Cid | None = None) -> tuple[Cid, memoryview]:

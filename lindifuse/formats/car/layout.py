@@ -22,12 +22,12 @@ import base64
 import json
 from dataclasses import dataclass, field
 from itertools import repeat
+from operator import attrgetter
 from typing import Any
 
 from lindifuse.errors import FormatError, RefError
 from lindifuse.formats.car import dagcbor, unixfs
 from lindifuse.formats.car.cid import DAG_CBOR, DAG_PB, RAW, Cid, cid_from_bytes
-from lindifuse.formats.car.dagcbor import Link
 from lindifuse.formats.car.pieces import GetBlock, Piece, _expand, file_piece
 from lindifuse.refs import normalize_key
 
@@ -36,8 +36,9 @@ MAX_DEPTH = 256
 
 
 class CarFile:
-    """A key whose content is a file of content-addressed blocks: a Piece, or the raw CID of
-    a DAG-CBOR link until first used (a map of 100,000 chunks builds no Piece at mount)."""
+    """A key whose content is a file of content-addressed blocks: a Piece, or the payload of
+    a DAG-CBOR link (0x00, then the binary CID) until first used (a map of 100,000 chunks
+    builds no Piece at mount)."""
 
     __slots__ = ("_piece", "_link")
 
@@ -51,7 +52,7 @@ class CarFile:
         if self._piece is None:
             assert self._link is not None
             try:
-                cid = cid_from_bytes(bytes(self._link))
+                cid = cid_from_bytes(self._link[1:])
             except ValueError as e:
                 raise RefError(f"bad link ({e})") from None
             self._piece = file_piece(cid, None)
@@ -90,7 +91,7 @@ async def build_tree(root: Cid, get: GetBlock, where: str) -> CarTree:
     if root.codec == DAG_CBOR:
         tree = CarTree("ipldstore", runs=[])
         try:
-            value = dagcbor.decode(block)
+            value = dagcbor.decode(block, links=False)
         except ValueError as e:
             raise FormatError(f"{where}: root {root}: bad DAG-CBOR ({e})") from None
         if not isinstance(value, dict):
@@ -121,11 +122,12 @@ def _add(tree: CarTree, key: str, value: Any) -> None:
 
 
 def _bulk_links(
-    mapping: dict[Any, Any], prefix: str
-) -> tuple[list[str], list[str], list[Link]] | None:
-    """(names, keys, links) of a map whose entries, but for its inline metadata, are all links
-    to non-map blocks under good names (an array's chunks); None for any other map. Every test is a C-level pass (``set(map(...))``, one ``join``), so
-    a map of 100,000 chunks is walked in milliseconds, not a Python turn per entry."""
+    mapping: dict[Any, Any], prefix: str, tag: type
+) -> tuple[list[str], list[str], list[bytes]] | None:
+    """(names, keys, link payloads) of a map whose entries, but for its inline metadata, are
+    all links to non-map blocks under good names (an array's chunks); None for any other map.
+    Every test is a C-level pass (``set(map(...))``, one ``join``), so a map of 100,000
+    chunks is walked in milliseconds, not a Python turn per entry."""
     names = list(mapping)
     values = list(mapping.values())
     for special in INLINE_JSON:
@@ -134,31 +136,43 @@ def _bulk_links(
             del names[i], values[i]
     if (
         set(map(type, names)) != {str}
-        or set(map(type, values)) != {Link}
+        or set(map(type, values)) != {tag}
+        or set(map(_tag_number, values)) != {dagcbor.LINK_TAG}
         or not mapping.keys().isdisjoint(("", ".", ".."))
+    ):
+        return None
+    payloads = list(map(_tag_value, values))
+    if set(map(type, payloads)) != {bytes} or not all(
+        map(bytes.startswith, payloads, repeat(b"\x00"))
     ):
         return None
     joined = "/".join(names)
     if joined.count("/") != len(names) - 1 or "\0" in joined:
         return None
-    if any(map(bytes.startswith, values, repeat(b"\x01\x71"))):  # a sub-map link
+    if any(map(bytes.startswith, payloads, repeat(b"\x00\x01\x71"))):  # a sub-map link
         return None
     keys = list(map((prefix + "/").__add__, names)) if prefix else list(names)
-    return names, keys, values
+    return names, keys, payloads
+
+
+_tag_number = attrgetter("tag")
+_tag_value = attrgetter("value")
 
 
 async def _walk_map(
     tree: CarTree, mapping: dict[str, Any], prefix: str, get: GetBlock, seen: frozenset[bytes]
 ) -> None:
+    """The entries of one (sub-)map, decoded with ``links=False``: links are cbor2 tags."""
     if len(seen) > MAX_DEPTH:
         tree.problems.append(f"{prefix}: nested deeper than {MAX_DEPTH} levels")
         return
     entries = tree.entries
+    tag = dagcbor.tag_type()
     run_names: list[str] = []
     run_keys: list[str] = []
     items: Any = mapping.items()
     if len(mapping) > 16:
-        bulk = _bulk_links(mapping, prefix)
+        bulk = _bulk_links(mapping, prefix, tag)
         if bulk is not None:
             run_names, run_keys, links = bulk
             entries.update(zip(run_keys, map(CarFile, repeat(None), links), strict=True))
@@ -169,11 +183,16 @@ async def _walk_map(
             continue
         key = f"{prefix}/{name}" if prefix else name
         tv = type(value)
-        if tv is Link:
-            if value[:2] == b"\x01\x71":  # CIDv1, dag-cbor: a sub-map
-                await _sub_map(tree, value, key, get, seen)
+        if tv is tag:
+            try:
+                payload = dagcbor.link_payload(value)
+            except ValueError as e:
+                tree.problems.append(f"{key}: {e}; left out")
                 continue
-            entries[key] = CarFile(None, value)  # a map's keys are unique: no clash
+            if payload.startswith(b"\x00\x01\x71"):  # CIDv1, dag-cbor: a sub-map
+                await _sub_map(tree, payload[1:], key, get, seen)
+                continue
+            entries[key] = CarFile(None, payload)  # a map's keys are unique: no clash
         elif name in INLINE_JSON:
             try:
                 text = json.dumps(value)  # what ipldstore serves (and lindi for dict values)
@@ -199,11 +218,11 @@ async def _walk_map(
 
 
 async def _sub_map(
-    tree: CarTree, link: Link, key: str, get: GetBlock, seen: frozenset[bytes]
+    tree: CarTree, link: bytes, key: str, get: GetBlock, seen: frozenset[bytes]
 ) -> None:
     """A link to another DAG-CBOR map: followed as the sub-tree ``key``."""
     try:
-        cid = cid_from_bytes(bytes(link))
+        cid = cid_from_bytes(link)
     except ValueError as e:
         tree.problems.append(f"{key}: bad link ({e}); left out")
         return
@@ -211,7 +230,7 @@ async def _sub_map(
         tree.problems.append(f"{key}: cycle (links back to {cid}); left out")
         return
     try:
-        sub = dagcbor.decode(await get(cid))
+        sub = dagcbor.decode(await get(cid), links=False)
     except (RefError, ValueError) as e:
         tree.problems.append(f"{key}: {e}")
         return
