@@ -555,3 +555,92 @@ def test_scan_finds_every_section_across_cid_shapes_and_windows(
     assert len(table) == len(want) == 60
     back = BlockTable.from_bytes(table.to_bytes())
     assert sorted(back.items()) == sorted(want.items())
+
+
+def _runs_car() -> tuple[bytes, dict[bytes, tuple[int, int]]]:
+    """A CARv1 of runs of equal sections broken in every way a run can break: another length,
+    another codec (one header byte), a CIDv0 run, two-byte length varints, a repeated block,
+    a lone section between two runs; with the extent of each block's first section."""
+    blocks: list[tuple[bytes, bytes]] = []
+
+    def run(count: int, size: int, codec: int = RAW, v0: bool = False, tag: int = 0) -> None:
+        for i in range(count):
+            data = (tag.to_bytes(2, "big") + i.to_bytes(4, "big")) * (size // 6)
+            data = data[:size].ljust(size, b"\x00")
+            c = b"\x12\x20" + hashlib.sha256(data).digest() if v0 else cid(data, codec)
+            blocks.append((c, data))
+
+    run(1000, 100, tag=1)  # one-byte length varints
+    run(3, 100, DAG_CBOR, tag=2)  # same length, another codec: the run must stop
+    run(500, 100, tag=3)
+    run(1, 57, tag=4)  # a lone section of another length
+    run(700, 300, tag=5)  # two-byte varints
+    run(300, 300, v0=True, tag=6)  # CIDv0: another shape
+    blocks.append(blocks[10])  # the same block again: the first serves
+    run(9, 300, tag=7)
+    car = car_v1([blocks[0][0]], blocks)
+    want: dict[bytes, tuple[int, int]] = {}
+    pos = len(car) - sum(len(section(c, d)) for c, d in blocks)
+    for c, d in blocks:
+        n = len(section(c, d))
+        want.setdefault(parse_cid(c, 0)[0].mh, (pos, pos + n))
+        pos += n
+    assert pos == len(car)
+    return car, want
+
+
+@pytest.mark.parametrize("window", [64, 333, 4096, 65536, 1 << 22])
+def test_scan_takes_runs_of_equal_sections_exactly(
+    window: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs of sections of one length and CID shape are taken in bulk (framing.run_length):
+    the table is the one a section-by-section scan makes, whatever window cuts the runs."""
+    from lindifuse.formats.car import load
+
+    car, want = _runs_car()
+    monkeypatch.setattr(load, "SCAN_WINDOW", window)
+    table = Opened(car).car.table
+    assert sorted(table.items()) == sorted(want.items())
+    # and the same without the bulk path (run_length says 1: every section one by one)
+    monkeypatch.setattr(framing, "run_length", lambda *a: 1)
+    assert sorted(Opened(car).car.table.items()) == sorted(want.items())
+
+
+def test_run_length_counts_the_sections_whose_headers_match() -> None:
+    size, head = 10, 3
+    one = b"\x09ab" + b"x" * 7
+    assert framing.run_length(one * 1000, 0, size, head, 1000) == 1000
+    assert framing.run_length(one * 1000, 0, size, head, 37) == 37  # at most ``most``
+    for cut in (1, 2, 7, 8, 9, 63, 64, 65, 600):
+        for j in range(head):  # any of the header bytes may differ
+            bad = bytearray(one * 1000)
+            bad[cut * size + j] ^= 0xFF
+            assert framing.run_length(bytes(bad), 0, size, head, 1000) == cut, (cut, j)
+    # bytes past the header (the digest, the data) never break a run
+    varied = b"".join(b"\x09ab" + bytes([i % 256]) * 7 for i in range(100))
+    assert framing.run_length(varied, 0, size, head, 100) == 100
+    assert framing.run_length(b"z" * 5 + one * 20, 5, size, head, 20) == 20  # from ``rel``
+
+
+def test_scan_of_many_equal_sections_takes_few_python_turns(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The bulk path is the one taken for a CAR of equal chunks: 20,000 sections cost a few
+    run_length calls, not a turn of the section loop each."""
+    blocks = []
+    for i in range(20_000):
+        data = i.to_bytes(4, "big") * 256
+        blocks.append((cid(data, RAW), data))
+    car = car_v1([blocks[0][0]], blocks)
+    calls: list[int] = []
+    real = framing.run_length
+
+    def counting(*a: object) -> int:
+        got = real(*a)  # type: ignore[arg-type]
+        calls.append(got)
+        return got
+
+    monkeypatch.setattr(framing, "run_length", counting)
+    table = Opened(car).car.table
+    assert len(table) == 20_000
+    assert sum(calls) >= 19_990 and len(calls) <= 20, (len(calls), sum(calls))

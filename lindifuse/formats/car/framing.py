@@ -192,6 +192,8 @@ def _scan_loop(
 ) -> tuple[int, str | None]:
     add_mh = mhs.append
     add_start = starts.append
+    extend_mhs = mhs.extend
+    extend_starts = starts.extend
     startswith = buf.startswith
     # The CID prefix (version, codec, hash code, digest length) seen last, and for it the bytes
     # before the multihash and the CID's length; to begin with, that of the CIDv1 01 00 00 00
@@ -220,6 +222,34 @@ def _scan_loop(
             )
         if startswith(shape, p):
             q = p + width
+            if q <= n and base + q <= end:
+                # A run of sections like this one (same length, same CID shape) is taken in a
+                # few C-level passes: a CAR of equal chunks is mostly such runs.
+                size = end - pos
+                head = p - rel + len(shape)  # the varint and the shape: all that must match
+                if startswith(buf[rel : rel + head], rel + size):
+                    count = min(
+                        (stop - 1 - rel) // size + 1,  # headers that start before ``stop``
+                        (n - q) // size + 1,  # multihashes that end within ``buf``
+                        (limit - pos) // size,  # sections that end within ``limit``
+                    )
+                    count = run_length(buf, rel, size, head, count)
+                    if count > 1:
+                        at = p + skip
+                        extend_mhs(
+                            map(
+                                buf.__getitem__,
+                                map(
+                                    slice,
+                                    range(at, at + count * size, size),
+                                    range(q, q + count * size, size),
+                                ),
+                            )
+                        )
+                        extend_starts(range(pos, pos + count * size, size))
+                        pos += count * size
+                        rel = pos - base
+                        continue
             mh = buf[p + skip : q]
         else:
             # a CID of another shape than the last: CIDv1 = 01 codec code len digest,
@@ -250,6 +280,23 @@ def _scan_loop(
         pos = end
         rel = pos - base
     return pos, None
+
+
+def run_length(buf: bytes, rel: int, size: int, head: int, most: int) -> int:
+    """How many sections of ``size`` bytes, from ``buf[rel]`` on (at most ``most``), begin
+    with the ``head`` bytes the first one begins with (its varint and CID shape). One C-level
+    ``lstrip`` per header byte over a strided slice; tried on 8, 64, 512, ... sections, so a
+    short run costs little more than it holds."""
+    try_n = 8
+    while True:
+        m = min(try_n, most)
+        found = m
+        for j in range(rel, rel + head):
+            col = buf[j : j + (m - 1) * size + 1 : size]
+            found = min(found, m - len(col.lstrip(buf[j : j + 1])))
+        if found < m or m == most:
+            return found
+        try_n *= 8
 
 
 def split_section(section: bytes, want: Cid | None = None) -> tuple[Cid, memoryview]:
