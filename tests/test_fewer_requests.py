@@ -179,3 +179,51 @@ def test_span_cuts_cover_the_span_with_gaps_and_refuse_overlaps():
     assert b"".join(parts) == body and [len(p) for p in parts] == cuts
     assert span_cuts(Span(0, 10, ((0, 10),))) is None  # one range: the body is the piece
     assert span_cuts(Span(0, 20, ((0, 15), (10, 10)))) is None  # overlapping: sliced
+
+
+def _read_in_threads(paths, want, threads: int = 4) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(i: int) -> None:
+        with open(paths[i], "rb") as f:
+            assert f.read() == want(i), i
+
+    with ThreadPoolExecutor(threads) as ex:
+        list(ex.map(one, range(len(paths))))
+
+
+@needs_patch
+@pytest.mark.parametrize("writable", [False, True])
+def test_request_bursts_serve_concurrent_readers_and_writers(mount, tmp_path, writable):
+    """With request bursts (patched pyfuse3: a worker reads queued requests straight from the
+    non-blocking FUSE fd) four threads read 300 small files right, twice, and a writable
+    mount takes writes and renames in between; the daemon unmounts cleanly (teardown)."""
+    data = build_tar(tmp_path / "b.lindi.tar", 300, 4096)
+    extra = ("--no-cache",) if writable else ("--read-only", "--no-cache")
+    m = mount(data.path, None, *extra)
+    assert stats(m)["request_burst"] is True
+    paths = [m.path / "x" / str(i) for i in range(data.nchunks)]
+    _read_in_threads(paths, data.expected)
+    if writable:
+        for i in range(0, 40, 2):
+            (m.path / "x" / str(i)).write_bytes(b"w%d" % i)
+        (m.path / "x" / "1").rename(m.path / "x" / "moved")
+        paths[1] = m.path / "x" / "moved"
+
+        def want(i: int) -> bytes:
+            return b"w%d" % i if i < 40 and i % 2 == 0 else data.expected(i)
+
+        _read_in_threads(paths, want)
+    else:
+        _read_in_threads(paths, data.expected)
+
+
+def test_request_bursts_are_off_when_asked_or_stock(mount, tmp_path):
+    """LINDIFUSE_REQUEST_BURST=0, or the stock behaviour (LINDIFUSE_PYFUSE3_FEATURES=0), waits
+    for the fd before every request as stock pyfuse3 does; reads still work."""
+    data = build_tar(tmp_path / "o.lindi.tar", 20, 4096)
+    for env in ({**os.environ, features.BURST_ENV: "0"}, STOCK):
+        m = mount(data.path, None, "--read-only", "--no-cache", env=env)
+        assert stats(m)["request_burst"] is False
+        read_all(m, data)
+        m.umount()

@@ -10,6 +10,11 @@ before. This module is the one place that tells the two apart, once, when the da
   RELEASE, OPENDIR or RELEASEDIR any more (two of the four requests of a small file) and keeps
   directory listings in its page cache (``FOPEN_CACHE_DIR``, its default without opendir).
 
+- :func:`request_burst`: a worker reads the next request straight from the (non-blocking) FUSE
+  fd after answering one, up to ``REQUEST_BURST`` in a row, instead of taking a trio lock
+  and an epoll round before every request: with several readers, requests are queued
+  already, and that wait cost about as much as a small request's handler.
+
 ``LINDIFUSE_PYFUSE3_FEATURES=0`` in the daemon's environment turns the features off (the
 benchmarks compare both on one build; a way out should a kernel misbehave).
 """
@@ -31,3 +36,23 @@ def patched() -> bool:
 def no_open() -> bool:
     """Whether read-only mounts may answer OPEN and OPENDIR with ENOSYS (see the module doc)."""
     return patched() and os.environ.get(ENV, "1") != "0"
+
+
+REQUEST_BURST = 16  # requests a worker takes in a row before it waits (and lets others run)
+BURST_ENV = "LINDIFUSE_REQUEST_BURST"  # another burst length; 0 turns bursts off (benchmarks)
+
+
+def request_burst(n: int = REQUEST_BURST) -> bool:
+    """Turn on pyfuse3's request bursts (see the module doc) after ``pyfuse3.init``; False,
+    and nothing changed, on a build without them or with the features turned off."""
+    setter = getattr(pyfuse3, "set_request_burst", None)
+    if setter is None or os.environ.get(ENV, "1") == "0":
+        return False
+    try:
+        n = int(os.environ.get(BURST_ENV, n))
+    except ValueError:
+        pass
+    if n <= 0:
+        return False
+    setter(n)
+    return True

@@ -269,6 +269,7 @@ class FileSystem:
             },
             "requests": dict(self.ops.requests),
             "no_open": self.ops.no_open,
+            "request_burst": self.ops.request_burst,
             "dandi": asdict(self.http.dandi.stats),
         }
 

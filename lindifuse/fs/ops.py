@@ -132,6 +132,7 @@ class LindiOperations(pyfuse3.Operations):
         # listings in its page cache (see lindifuse.fs.features). Writable mounts need handles.
         self.no_open = read_only and features.no_open()
         self._listings: dict[int, list[tuple[str, Node]]] = {}  # no_open: inode -> listing
+        self.request_burst = False  # pyfuse3 reads queued requests in bursts (features)
 
     def set_owner(
         self, uid: int | None = None, gid: int | None = None, umask: int | None = None
