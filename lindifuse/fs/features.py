@@ -21,6 +21,7 @@ benchmarks compare both on one build; a way out should a kernel misbehave).
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pyfuse3
@@ -48,10 +49,8 @@ def request_burst(n: int = REQUEST_BURST) -> bool:
     setter = getattr(pyfuse3, "set_request_burst", None)
     if setter is None or os.environ.get(ENV, "1") == "0":
         return False
-    try:
+    with contextlib.suppress(ValueError):  # a value that is not a number: the default
         n = int(os.environ.get(BURST_ENV, n))
-    except ValueError:
-        pass
     if n <= 0:
         return False
     setter(n)
