@@ -1,7 +1,7 @@
 """Request bursts (patched pyfuse3, ``set_request_burst``) against no bursts, on one build.
 
     .venv/bin/python benchmarks/bench_burst.py             # 6 alternations, RESULTS.md
-    .venv/bin/python benchmarks/bench_burst.py --reps 2 --no-write
+    .venv/bin/python benchmarks/bench_burst.py --quick      # 1 rep of 5,000 files, no write
 
 The workload where requests queue up: 50,000 chunk files of 4 KiB over loopback HTTP (20 ms
 per request), read by 4 threads, cold (empty persistent cache) and warm (remount, page cache
@@ -43,7 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--files", type=int, default=50_000, help="4 KiB files (default 50,000)")
     p.add_argument("--latency", type=float, default=0.02, help="seconds per HTTP request")
     p.add_argument("--no-write", action="store_true", help="print, do not update RESULTS.md")
+    p.add_argument("--quick", action="store_true", help="smoke test: 1 rep, 5,000 files, no write")
     a = p.parse_args(argv)
+    if a.quick:
+        a.reps, a.files, a.no_write = 1, 5_000, True
     t0 = time.perf_counter()
     www = WORK / "www"
     www.mkdir(parents=True, exist_ok=True)
