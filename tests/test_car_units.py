@@ -515,6 +515,19 @@ def test_large_maps_take_the_bulk_walk_and_keep_its_runs() -> None:
     assert _bulk_links(decoded["c"], "c", tag) is None
 
 
+def _first_extents(car: bytes, blocks: list[tuple[bytes, bytes]]) -> dict[bytes, tuple[int, int]]:
+    """multihash -> (start, end) of the first section holding it, for a CARv1 whose sections
+    are ``blocks`` in order, at its end."""
+    want: dict[bytes, tuple[int, int]] = {}
+    pos = len(car) - sum(len(section(c, d)) for c, d in blocks)
+    for c, d in blocks:
+        n = len(section(c, d))
+        want.setdefault(parse_cid(c, 0)[0].mh, (pos, pos + n))
+        pos += n
+    assert pos == len(car)
+    return want
+
+
 @pytest.mark.parametrize("window", [64, 97, 1000, 1 << 20])
 def test_scan_finds_every_section_across_cid_shapes_and_windows(
     window: int, monkeypatch: pytest.MonkeyPatch
@@ -543,13 +556,7 @@ def test_scan_finds_every_section_across_cid_shapes_and_windows(
         blocks.append((c, data))
     blocks.append(blocks[4])  # the same block again, later in the file
     car = car_v1([blocks[0][0]], blocks)
-    want: dict[bytes, tuple[int, int]] = {}
-    pos = len(car) - sum(len(section(c, d)) for c, d in blocks)
-    for c, d in blocks:
-        n = len(section(c, d))
-        want.setdefault(parse_cid(c, 0)[0].mh, (pos, pos + n))
-        pos += n
-    assert pos == len(car)
+    want = _first_extents(car, blocks)
     table = Opened(car).car.table
     assert sorted(table.items()) == sorted(want.items())
     assert len(table) == len(want) == 60
@@ -579,13 +586,7 @@ def _runs_car() -> tuple[bytes, dict[bytes, tuple[int, int]]]:
     blocks.append(blocks[10])  # the same block again: the first serves
     run(9, 300, tag=7)
     car = car_v1([blocks[0][0]], blocks)
-    want: dict[bytes, tuple[int, int]] = {}
-    pos = len(car) - sum(len(section(c, d)) for c, d in blocks)
-    for c, d in blocks:
-        n = len(section(c, d))
-        want.setdefault(parse_cid(c, 0)[0].mh, (pos, pos + n))
-        pos += n
-    assert pos == len(car)
+    want = _first_extents(car, blocks)
     return car, want
 
 
