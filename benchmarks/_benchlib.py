@@ -54,6 +54,16 @@ def median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
 
+def spread(xs: list[float], nd: int = 2, group: str = "") -> str:
+    """Median (range) of ``xs``, NaNs left out: ``0.88 (0.80-0.95)``; ``group=","`` writes
+    6,486."""
+    xs = [x for x in xs if x == x]
+    if not xs:
+        return "n/a"
+    f = f"{group}.{nd}f"
+    return f"{median(xs):{f}} ({min(xs):{f}}-{max(xs):{f}})"
+
+
 class Timer:
     def __enter__(self) -> Timer:
         self.t0 = time.perf_counter()

@@ -33,10 +33,6 @@ WORK = B.WORK / "burst"
 MODES = {"bursts of 16": "16", "no bursts": "0"}
 
 
-def _spread(xs: list[float], nd: int = 0) -> str:
-    return f"{B.median(xs):,.{nd}f} ({min(xs):,.{nd}f}-{max(xs):,.{nd}f})"
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--reps", type=int, default=6, help="alternations (default 6)")
@@ -87,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for what in ("cold files/s", "warm files/s", "cold daemon CPU-s", "warm daemon CPU-s"):
         nd = 2 if "CPU" in what else 0
-        rows.append([what, *(_spread(got[(m, what)], nd) for m in MODES)])
+        rows.append([what, *(B.spread(got[(m, what)], nd, ",") for m in MODES)])
     rep.table(
         f"{a.files:,} files of 4 KiB over loopback HTTP ({a.latency * 1000:.0f} ms per request), "
         f"4 reader threads, median (range) of {a.reps} alternations",

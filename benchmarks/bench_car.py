@@ -166,22 +166,22 @@ def part_mount(rep: B.Report, n_blocks: int, reps: int) -> None:
             clis[label].append(m.mount_seconds)
             hows[label].add("cache" if "block table from the cache" in log else "scan")
 
-    def spread(xs: list[float]) -> str:
-        if not xs:
-            return "-"
-        return f"{B.fmt(B.median(xs), 3)} ({B.fmt(min(xs), 3)}-{B.fmt(max(xs), 3)})"
-
     rows = [
         [
             "read the file once, cold" + ("" if dropped else " (page cache warm)"),
-            spread(reads),
+            B.spread(reads, 3),
             "",
             "",
         ]
     ]
     for label in labels:
         rows.append(
-            [label, spread(loads[label]), spread(clis[label]), ", ".join(sorted(hows[label]))]
+            [
+                label,
+                B.spread(loads[label], 3),
+                B.spread(clis[label], 3),
+                ", ".join(sorted(hows[label])),
+            ]
         )
     rep.table(
         f"Local CARv1 of {n_blocks} blocks ({size / MiB:.0f} MiB), median (range) of {reps}",

@@ -128,10 +128,7 @@ def med(xs: list[float]) -> float:
     return B.median([x for x in xs if x == x])
 
 
-def spread(xs: list[float], nd: int = 2) -> str:
-    if not xs:
-        return "n/a"
-    return f"{med(xs):.{nd}f} ({min(xs):.{nd}f}-{max(xs):.{nd}f})"
+spread = B.spread
 
 
 # -- raw peers -----------------------------------------------------------------------------------

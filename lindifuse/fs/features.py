@@ -22,6 +22,7 @@ benchmarks compare both on one build; a way out should a kernel misbehave).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 
 import pyfuse3
@@ -34,9 +35,13 @@ def patched() -> bool:
     return bool(getattr(pyfuse3, "NOOPEN_PASSES_INODE", False))
 
 
+def _allowed() -> bool:
+    return os.environ.get(ENV, "1") != "0"
+
+
 def no_open() -> bool:
     """Whether read-only mounts may answer OPEN and OPENDIR with ENOSYS (see the module doc)."""
-    return patched() and os.environ.get(ENV, "1") != "0"
+    return patched() and _allowed()
 
 
 REQUEST_BURST = 16  # requests a worker takes in a row before it waits (and lets others run)
@@ -44,14 +49,19 @@ BURST_ENV = "LINDIFUSE_REQUEST_BURST"  # another burst length; 0 turns bursts of
 
 
 def request_burst(n: int = REQUEST_BURST) -> bool:
-    """Turn on pyfuse3's request bursts (see the module doc) after ``pyfuse3.init``; False,
-    and nothing changed, on a build without them or with the features turned off."""
+    """Turn on pyfuse3's request bursts (see the module doc) once the session is set up (from
+    ``Operations.init``); False, and nothing changed, on a build without them or with the
+    features turned off."""
     setter = getattr(pyfuse3, "set_request_burst", None)
-    if setter is None or os.environ.get(ENV, "1") == "0":
+    if setter is None or not _allowed():
         return False
     with contextlib.suppress(ValueError):  # a value that is not a number: the default
         n = int(os.environ.get(BURST_ENV, n))
     if n <= 0:
         return False
-    setter(n)
+    try:
+        setter(n)
+    except (OSError, RuntimeError) as e:  # Operations.init must not raise: run without them
+        logging.getLogger(__name__).warning("request bursts left off: %s", e)
+        return False
     return True

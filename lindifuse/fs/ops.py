@@ -134,6 +134,11 @@ class LindiOperations(pyfuse3.Operations):
         self._listings: dict[int, list[tuple[str, Node]]] = {}  # no_open: inode -> listing
         self.request_burst = False  # pyfuse3 reads queued requests in bursts (features)
 
+    def init(self) -> None:
+        """pyfuse3 calls this when the kernel's INIT arrives: the session is up, so the FUSE
+        fd may be made non-blocking for request bursts (lindifuse.fs.features)."""
+        self.request_burst = features.request_burst()
+
     def set_owner(
         self, uid: int | None = None, gid: int | None = None, umask: int | None = None
     ) -> None:

@@ -188,7 +188,6 @@ async def serve(opts: MountOptions) -> int:
     import pyfuse3
     import trio
 
-    from lindifuse.fs import features
     from lindifuse.service.daemon import build_filesystem
     from lindifuse.service.lifecycle import check_allow_other
     from lindifuse.service.parts import cache_refusal
@@ -235,7 +234,6 @@ async def serve(opts: MountOptions) -> int:
         await fs.aclose()
         ready.error(f"{opts.mountpoint}: cannot mount: {e}")
         return 1
-    fs.ops.request_burst = features.request_burst()
     if opts.pid_file:
         with open(opts.pid_file, "w") as f:
             f.write(f"{os.getpid()}\n")

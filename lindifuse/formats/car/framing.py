@@ -192,7 +192,6 @@ def _scan_loop(
 ) -> tuple[int, str | None]:
     add_mh = mhs.append
     add_start = starts.append
-    extend_mhs = mhs.extend
     extend_starts = starts.extend
     startswith = buf.startswith
     # The CID prefix (version, codec, hash code, digest length) seen last, and for it the bytes
@@ -226,30 +225,17 @@ def _scan_loop(
                 # A run of sections like this one (same length, same CID shape) is taken in a
                 # few C-level passes: a CAR of equal chunks is mostly such runs.
                 size = end - pos
-                head = p - rel + len(shape)  # the varint and the shape: all that must match
-                if startswith(buf[rel : rel + head], rel + size):
-                    count = min(
-                        (stop - 1 - rel) // size + 1,  # headers that start before ``stop``
-                        (n - q) // size + 1,  # multihashes that end within ``buf``
-                        (limit - pos) // size,  # sections that end within ``limit``
-                    )
-                    count = run_length(buf, rel, size, head, count)
-                    if count > 1:
-                        at = p + skip
-                        extend_mhs(
-                            map(
-                                buf.__getitem__,
-                                map(
-                                    slice,
-                                    range(at, at + count * size, size),
-                                    range(q, q + count * size, size),
-                                ),
-                            )
-                        )
-                        extend_starts(range(pos, pos + count * size, size))
-                        pos += count * size
-                        rel = pos - base
-                        continue
+                most = min(
+                    (stop - 1 - rel) // size + 1,  # headers that start before ``stop``
+                    (n - q) // size + 1,  # multihashes that end within ``buf``
+                    (limit - pos) // size,  # sections that end within ``limit``
+                )
+                taken = _take_run(buf, rel, p - rel + len(shape), size, p + skip, q, most, mhs)
+                if taken:
+                    extend_starts(range(pos, pos + taken * size, size))
+                    pos += taken * size
+                    rel = pos - base
+                    continue
             mh = buf[p + skip : q]
         else:
             # a CID of another shape than the last: CIDv1 = 01 codec code len digest,
@@ -280,6 +266,22 @@ def _scan_loop(
         pos = end
         rel = pos - base
     return pos, None
+
+
+def _take_run(
+    buf: bytes, rel: int, head: int, size: int, at: int, q: int, most: int, mhs: list[bytes]
+) -> int:
+    """Append the multihashes (``buf[at:q]``, then every ``size`` bytes on) of the run of
+    sections like the one at ``buf[rel]`` (the same ``head`` bytes: varint and CID shape), at
+    most ``most``; how many were taken (0 when the run is a single section)."""
+    if not buf.startswith(buf[rel : rel + head], rel + size):
+        return 0
+    count = run_length(buf, rel, size, head, most)
+    if count < 2:
+        return 0
+    ends = range(q, q + count * size, size)
+    mhs.extend(map(buf.__getitem__, map(slice, range(at, at + count * size, size), ends)))
+    return count
 
 
 def run_length(buf: bytes, rel: int, size: int, head: int, most: int) -> int:
