@@ -19,7 +19,7 @@ import json
 import os
 import posixpath
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin
@@ -79,6 +79,12 @@ class Container:
     # The keys of ``rset`` as runs of one directory, (directory, names, keys), when the loader
     # walked them so (a CAR's maps): the tree is built from them without splitting each key.
     key_runs: list[tuple[str, list[str], list[str]]] | None = None
+    # Directories whose keys the loader left for their first use (a CAR's large maps): each
+    # has ``key``, ``len()``, ``subdirs()`` and ``async expand()`` -> an object with
+    # ``entries``, ``runs``, ``lazy`` and ``problems`` (see ``car.layout.LazyMap``).
+    lazy_dirs: list[Any] = field(default_factory=list)
+    # Async jobs the daemon runs beside the mount once it answers (the rest of a CARv1 scan).
+    background: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     def resolve(self, target: str) -> Location:
         """Concrete location of a (template-expanded) reference target; RefError if refused."""
@@ -288,6 +294,9 @@ async def _load_car(
     c = Container("car", source, remote, rset, mtime, 0, total_size=total)
     c.index = loaded
     c.key_runs = loaded.tree.runs
+    c.lazy_dirs = loaded.tree.lazy or []
+    if loaded.finish is not None:
+        c.background.append(loaded.finish)
     if loaded.archive.unsaved is not None:
         c.after_mount.append(loaded.archive.save_table)
     return c

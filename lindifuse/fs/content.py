@@ -233,17 +233,18 @@ class ContentService:
         """A verified block of the mounted CAR (see lindifuse.fs.carfetch)."""
         return await self._car_store().get(cid)
 
-    def _car_size_hint(self, value: CarFile) -> int | None:
+    async def _car_size_hint(self, value: CarFile) -> int | None:
         """The size of a file without reading a block: known from its link or parent, or, for
-        a raw block of a scanned CAR, from its section's extent (checked when read)."""
+        a raw block of a scanned CAR, from its section's extent (checked when read; a scan
+        still under way is waited for until it reaches the block)."""
         piece = value.piece
         if piece.size is None and piece.cid is not None and piece.cid.codec == RAW:
-            piece.size = self._car_store().table.data_size(piece.cid.raw, piece.cid.mh)
+            piece.size = await self._car_store().data_size(piece.cid)
         return piece.size
 
     async def _resolve_car(self, node: Node, value: CarFile) -> Resolved:
         try:
-            self._car_size_hint(value)
+            await self._car_size_hint(value)
             size = await pieces.resolve_size(value.piece, self._car_get)
         except RefError as e:
             raise RefError(f"{node.key}: {e}") from None
@@ -359,7 +360,7 @@ class ContentService:
         value = self._get_value(node.key)
         if type(value) is CarFile:
             try:
-                hint = self._car_size_hint(value)
+                hint = await self._car_size_hint(value)
             except RefError as e:
                 raise RefError(f"{node.key}: {e}") from None
             if hint is not None:

@@ -71,10 +71,21 @@ class FileSystem:
             runs = container.key_runs
             tree = Tree.from_keys(container.rset.refs) if runs is None else Tree.from_runs(runs)
         self.tree = tree
+        # Directories the loader left to fill on first use (a CAR's large maps): inode -> the
+        # loader's lazy directory (see ``Container.lazy_dirs``), and those being filled now.
+        self._lazy: dict[int, Any] = {}
+        self._lazy_filling: dict[int, trio.Event] = {}
+        for lazy in container.lazy_dirs:
+            self._add_lazy(lazy)
+        later = ""
+        if self._lazy:
+            later = f" (and {self._lazy_entries()} entries of {len(self._lazy)} directories"
+            later += " filled on first use)"
         log.info(
-            "tree: %d files, %d directories in %.2fs",
+            "tree: %d files, %d directories%s in %.2fs",
             self.tree.nfiles,
             self.tree.ndirs,
+            later,
             time.monotonic() - t0,
         )
         for key in container.rset.rejected:
@@ -119,7 +130,7 @@ class FileSystem:
                 statvfs_path=folder,
                 stats=self.stats,
             )
-        self.ops.prepare_dir = self.prepare_dir if self.ext_links else None
+        self.ops.prepare_dir = self.prepare_dir if self.ext_links or self._lazy else None
 
     def _value(self, key: str) -> Any:
         try:
@@ -146,8 +157,59 @@ class FileSystem:
             log.info("%d arrays are external HDF5 dataset links", len(links))
         return links
 
+    def _add_lazy(self, lazy: Any) -> None:
+        node = self.tree.add_lazy_dir(lazy.key, lazy.subdirs)
+        if node is None:
+            log.warning("%s: key %r is also a file; left out", self.container.source, lazy.key)
+            return
+        self._lazy[node.inode] = lazy
+
+    def _lazy_entries(self) -> int:
+        return sum(map(len, self._lazy.values()))
+
+    async def _fill(self, node: Node) -> None:
+        """Fill a directory the loader left for its first use (once; concurrent users wait).
+        Inodes are given here, once, so they stay stable for the life of the mount."""
+        ev = self._lazy_filling.get(node.inode)
+        if ev is not None:
+            await ev.wait()
+            return
+        lazy = self._lazy[node.inode]
+        ev = self._lazy_filling[node.inode] = trio.Event()
+        try:
+            t0 = time.monotonic()
+            got = await lazy.expand()
+            self.container.rset.refs.update(got.entries)
+            for parent_path, names, keys in got.runs:
+                self.tree.add_run(parent_path, names, keys)
+            for sub in got.lazy:
+                self._add_lazy(sub)
+            del self._lazy[node.inode]
+            self.tree.filled(node)
+            zattrs = {k: v for k, v in got.entries.items() if k.endswith(".zattrs")}
+            if zattrs:
+                self.ext_links.update(self._find_external_links(zattrs))
+            log.debug(
+                "%s: %d keys filled in on first use in %.3fs",
+                node.key,
+                len(got.entries),
+                time.monotonic() - t0,
+            )
+            if got.problems:
+                src = self.container.source
+                more = f" (and {len(got.problems) - 1} more)" if len(got.problems) > 1 else ""
+                log.warning("%s: %s%s", src, got.problems[0], more)
+                for p in got.problems[1:]:
+                    log.debug("%s: %s", src, p)
+        finally:
+            del self._lazy_filling[node.inode]
+            ev.set()
+
     async def prepare_dir(self, node: Node) -> None:
-        """Before a directory is used: list the chunks of an external array link (once)."""
+        """Before a directory is used: fill it if the loader left it for its first use; list
+        the chunks of an external array link (once)."""
+        if self._lazy and node.inode in self._lazy:
+            await self._fill(node)
         link = self.ext_links.get(node.inode)
         if link is None:
             return
@@ -205,7 +267,8 @@ class FileSystem:
         return BlockFile(read_range, size)
 
     def describe(self) -> str:
-        return f"{self.container.kind}, {self.tree.nfiles} keys, {'ro' if self.read_only else 'rw'}"
+        keys = self.tree.nfiles + self._lazy_entries()
+        return f"{self.container.kind}, {keys} keys, {'ro' if self.read_only else 'rw'}"
 
     def stats(self) -> dict[str, Any]:
         h = self.http.stats
@@ -282,6 +345,8 @@ class FileSystem:
                 nursery.start_soon(trio.to_thread.run_sync, self.disk.store.remove_orphans)
             for job in self.container.after_mount:
                 nursery.start_soon(trio.to_thread.run_sync, job)
+            for ajob in self.container.background:
+                nursery.start_soon(ajob)
             if self.writer is not None:
                 await self.writer.run_timer()
 

@@ -7,7 +7,7 @@ Building is one dict lookup per key (parents are memoised by directory path) so 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from itertools import repeat
 
 ROOT_INODE = 1
@@ -51,6 +51,9 @@ class Tree:
         self.conflicts: list[str] = []
         self.nfiles = 0
         self._subdirs: dict[int, int] = {}  # directory inode -> number of its subdirectories
+        # Directories filled on first use by their owner (``add_lazy_dir``): inode -> how
+        # many subdirectories it will hold (for ``nlink`` before it is filled).
+        self._lazy: dict[int, Callable[[], int]] = {}
 
     @classmethod
     def from_keys(cls, keys: Iterable[str]) -> Tree:
@@ -218,11 +221,30 @@ class Tree:
         in the parent and its own ``.``) plus one per subdirectory (their ``..``)."""
         if node.children is None:
             return 1
+        if self._lazy:
+            later = self._lazy.get(node.inode)
+            if later is not None:
+                return 2 + later()
         return 2 + self._subdirs.get(node.inode, 0)
 
     @property
     def ndirs(self) -> int:
         return len(self._dirs)
+
+    # -- directories filled on first use (large CAR maps) ----------------------------------------
+
+    def add_lazy_dir(self, path: str, subdirs: Callable[[], int]) -> Node | None:
+        """The directory ``path`` (created with its parents, empty), to be filled by its owner
+        on first use (``add_run``, ``add_file``...) and then marked ``filled``; until then
+        ``nlink`` counts ``subdirs()`` subdirectories. None if a file is in the way."""
+        node = self._ensure_dir(path)
+        if node is not None:
+            self._lazy[node.inode] = subdirs
+        return node
+
+    def filled(self, node: Node) -> None:
+        """Directory ``node`` (from ``add_lazy_dir``) now holds its entries."""
+        self._lazy.pop(node.inode, None)
 
     # -- lazily grafted sub-trees (dandiset mounts) ---------------------------------------------
 

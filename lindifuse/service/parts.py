@@ -76,7 +76,9 @@ def car_settings(opts: Any) -> Any:
     cache = None
     if not getattr(opts, "no_cache", False):
         cache = TableCache(getattr(opts, "cache_dir", None) or default_cache_dir())
-    return CarSettings(root=getattr(opts, "root", None), cache=cache)
+    # The mount answers before a CARv1 scan ends, and fills large maps on first use.
+    xarray = getattr(opts, "xarray", False)
+    return CarSettings(root=getattr(opts, "root", None), cache=cache, answer_early=not xarray)
 
 
 def http_client(opts: Any) -> HttpClient:

@@ -71,7 +71,7 @@ class BlockTable:
     a CAR of 100,000 blocks creates no per-block Python object (a few milliseconds, and no
     numpy import)."""
 
-    __slots__ = ("_loc", "_groups", "_count", "exact", "_pos", "_starts", "_end")
+    __slots__ = ("_loc", "_groups", "_count", "exact", "_pos", "_starts", "_end", "scan")
 
     def __init__(self, exact: bool = True) -> None:
         self._pos: dict[bytes, int] | None = None  # a scan: multihash -> index in _starts
@@ -83,19 +83,59 @@ class BlockTable:
         self._count = 0
         # True: each extent is exactly its section (scanned); False: an upper bound (an index)
         self.exact = exact
+        # While a scan still fills the table: what drives it on (``advance()``, see
+        # ``load.CarScan``); None once the table is complete.
+        self.scan: Any = None
 
     @classmethod
     def from_scan(cls, mhs: list[bytes], starts: array, end: int) -> BlockTable:
         """From a scan (``framing.scan_into``): the multihash and start of each section in file
         order, and where the last one ends. A repeated block: the first serves."""
+        table = cls.growing(end)
+        table._starts = starts
+        table.add_scanned(mhs, 0, end)
+        return table
+
+    @classmethod
+    def growing(cls, start: int) -> BlockTable:
+        """An empty scanned table that a scan fills window by window (``add_scanned``); the
+        first section starts at ``start``."""
         table = cls()
         table._loc = None
+        table._pos = {}
+        table._end = start
+        return table
+
+    @property
+    def starts(self) -> array:
+        """The section starts of a scanned table, in file order (the scan appends to it)."""
+        return self._starts
+
+    def add_scanned(self, mhs: list[bytes], first: int, end: int) -> None:
+        """The multihashes of sections ``first``, ``first + 1``... whose starts are already in
+        ``starts``; the last of them ends at ``end``. One C-level ``dict(zip(...))`` per
+        window; a multihash seen before (a repeated block) keeps its first section."""
+        pos = self._pos
+        assert pos is not None
         n = len(mhs)
         # reversed, so the first of repeated multihashes is the one written last, and kept
-        table._pos = dict(zip(reversed(mhs), range(n - 1, -1, -1), strict=True))
-        table._starts = starts
-        table._end = end
-        return table
+        new = dict(zip(reversed(mhs), range(first + n - 1, first - 1, -1), strict=True))
+        if not pos:
+            self._pos = new
+        elif new.keys().isdisjoint(pos.keys()):
+            pos.update(new)
+        else:
+            for mh, i in new.items():
+                pos.setdefault(mh, i)
+        self._end = end
+
+    async def locate(self, mh: bytes) -> tuple[int, int] | None:
+        """``get``, waiting for a scan still under way to reach the block (or to end)."""
+        loc = self.get(mh)
+        while loc is None and self.scan is not None:
+            await self.scan.advance()
+            loc = self.get(mh)
+        return loc
 
     def __len__(self) -> int:
         if self._pos is not None:
@@ -142,11 +182,14 @@ class BlockTable:
             if mh not in loc:
                 loc[mh] = (start, end)
 
-    def data_size(self, cid_raw: bytes, mh: bytes) -> int | None:
+    def data_size(
+        self, cid_raw: bytes, mh: bytes, loc: tuple[int, int] | None = None
+    ) -> int | None:
         """The block size of an exactly known section whose CID is ``cid_raw`` (the reader
         checks it again when the block is read): lets a listing show the size of a raw chunk
-        without reading it. None when unknown."""
-        loc = self.get(mh)
+        without reading it. None when unknown (or not scanned yet: see ``locate``)."""
+        if loc is None:
+            loc = self.get(mh)
         if loc is None or not self.exact:
             return None
         total = loc[1] - loc[0]

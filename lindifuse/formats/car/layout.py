@@ -33,6 +33,9 @@ from lindifuse.refs import normalize_key
 
 INLINE_JSON = (".zarray", ".zgroup", ".zattrs", ".zmetadata")
 MAX_DEPTH = 256
+# A (sub-)map of more entries than this is left unwalked by a lazy ``build_tree``: its
+# directory is filled on first use (``LazyMap.expand``), so a mount creates nothing per chunk.
+LAZY_MIN = 1024
 
 
 class CarFile:
@@ -71,14 +74,74 @@ class CarTree:
     # The entries' keys as runs of one directory, (directory, names, keys), for
     # ``Tree.from_runs``; None when the walk does not keep them (UnixFS).
     runs: list[tuple[str, list[str], list[str]]] | None = None
+    # Large maps left for later (``build_tree(..., lazy=True)``); None: everything is walked.
+    lazy: list[LazyMap] | None = None
+
+    def pending(self) -> int:
+        """Entries of the maps left for later (their keys are not in ``entries`` yet)."""
+        return sum(map(len, self.lazy or ()))
+
+
+class LazyMap:
+    """A large map of the ipldstore layout, decoded but not walked: the directory ``key``,
+    whose entries (and sub-directories) ``expand`` walks when the directory is first used.
+    Problems found in it are reported then, not at mount."""
+
+    __slots__ = ("key", "mapping", "get", "seen", "_subdirs")
+
+    def __init__(
+        self, key: str, mapping: dict[Any, Any], get: GetBlock, seen: frozenset[bytes]
+    ) -> None:
+        self.key = key
+        self.mapping = mapping
+        self.get = get
+        self.seen = seen
+        self._subdirs = -1
+
+    def __len__(self) -> int:
+        return len(self.mapping)
+
+    def subdirs(self) -> int:
+        """How many of its entries are directories (nested maps, links to DAG-CBOR maps under
+        good names), counted without walking it: a directory's ``st_nlink`` before it is
+        filled. (A sub-map that the walk finds unreadable or empty is left out then.)"""
+        if self._subdirs < 0:
+            tag = dagcbor.tag_type()
+            n = 0
+            for name, value in self.mapping.items():
+                tv = type(value)
+                if tv is dict or (
+                    tv is tag
+                    and value.tag == dagcbor.LINK_TAG
+                    and type(value.value) is bytes
+                    and value.value.startswith(b"\x00\x01\x71")
+                ):
+                    n += _good_name(name)
+            self._subdirs = n
+        return self._subdirs
+
+    async def expand(self) -> CarTree:
+        """The map's entries (keys under ``key``), runs and problems; large maps nested in it
+        are left for later again."""
+        tree = CarTree("ipldstore", runs=[], lazy=[])
+        await _walk_map(tree, self.mapping, self.key, self.get, self.seen, defer=False)
+        return tree
+
+
+def _good_name(name: Any) -> bool:
+    return (
+        type(name) is str and bool(name) and "/" not in name and "\0" not in name
+        and name not in (".", "..")
+    )  # fmt: skip
 
 
 def _join(prefix: str, name: str) -> str:
     return f"{prefix}/{name}" if prefix else name
 
 
-async def build_tree(root: Cid, get: GetBlock, where: str) -> CarTree:
-    """The key tree under ``root``; ``get`` returns a block's verified bytes (RefError)."""
+async def build_tree(root: Cid, get: GetBlock, where: str, *, lazy: bool = False) -> CarTree:
+    """The key tree under ``root``; ``get`` returns a block's verified bytes (RefError).
+    ``lazy``: sub-maps of more than ``LAZY_MIN`` entries are left in ``tree.lazy`` unwalked."""
     if root.codec not in (DAG_CBOR, DAG_PB):
         raise FormatError(
             f"{where}: root {root} is a {root.codec_name} block, not a dag-cbor map "
@@ -89,7 +152,7 @@ async def build_tree(root: Cid, get: GetBlock, where: str) -> CarTree:
     except RefError as e:
         raise FormatError(f"{where}: root {root}: {e}") from None
     if root.codec == DAG_CBOR:
-        tree = CarTree("ipldstore", runs=[])
+        tree = CarTree("ipldstore", runs=[], lazy=[] if lazy else None)
         try:
             value = dagcbor.decode(block, links=False)
         except ValueError as e:
@@ -160,11 +223,21 @@ _tag_value = attrgetter("value")
 
 
 async def _walk_map(
-    tree: CarTree, mapping: dict[str, Any], prefix: str, get: GetBlock, seen: frozenset[bytes]
+    tree: CarTree,
+    mapping: dict[str, Any],
+    prefix: str,
+    get: GetBlock,
+    seen: frozenset[bytes],
+    *,
+    defer: bool = True,
 ) -> None:
-    """The entries of one (sub-)map, decoded with ``links=False``: links are cbor2 tags."""
+    """The entries of one (sub-)map, decoded with ``links=False``: links are cbor2 tags.
+    A large sub-map is left for later when the tree keeps such maps (and ``defer``)."""
     if len(seen) > MAX_DEPTH:
         tree.problems.append(f"{prefix}: nested deeper than {MAX_DEPTH} levels")
+        return
+    if defer and prefix and tree.lazy is not None and len(mapping) > LAZY_MIN:
+        tree.lazy.append(LazyMap(prefix, mapping, get, seen))
         return
     entries = tree.entries
     tag = dagcbor.tag_type()

@@ -15,7 +15,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from array import array
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -51,13 +52,115 @@ class CarArchive:
     # The scanned table, still to be written to the cache (``save_table``): the mount does
     # that once it answers, since serialising 100,000 blocks takes longer than scanning them.
     unsaved: tuple[TableCache, str] | None = None
+    # A scan still under way (``open_car(..., wait=False)``), and where its table goes when
+    # it is complete and clean: (scan, cache, key).
+    pending: tuple[CarScan, TableCache | None, str | None] | None = None
+    _saving: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def scanning(self) -> bool:
+        """True while the block table is still being filled by the scan."""
+        return self.pending is not None
+
+    async def finish_scan(self) -> None:
+        """Scan to the end: the table is complete (and, when clean, to be cached)."""
+        if self.pending is None:
+            return
+        scan, cache, key = self.pending
+        await scan.finish()
+        self.pending = None
+        if cache is not None and key is not None and not self.problems:
+            self.unsaved = (cache, key)
 
     def save_table(self) -> None:
-        """Write a freshly scanned table to the cache (blocking: run it in a worker thread)."""
-        if self.unsaved is not None:
+        """Write a freshly scanned table to the cache (blocking: run it in a worker thread);
+        nothing the second time, nor for a scan not finished."""
+        with self._saving:
+            if self.unsaved is None:
+                return
             cache, key = self.unsaved
             self.unsaved = None
-            cache.put(key, self.table)
+        cache.put(key, self.table)
+
+
+class CarScan:
+    """The section scan of a CARv1 (or of a CARv2 without an index), window by window, into
+    a table that grows as it goes (``BlockTable.growing``), so a mount can answer before it
+    ends: the blocks it needs first (the root) lie near the start when, as ipldstore and
+    ``ipfs-car`` write them, the root is the first section (a CAR whose root is last gains
+    nothing: the root is found at the end of the scan). A lookup of a block not reached yet
+    drives the scan on itself (``BlockTable.locate`` -> ``advance``), one caller at a time,
+    so a block is never missing because of timing; the rest is driven by the mount's
+    background task (``finish``). Problems go to ``problems`` when met (the scan stops there,
+    as ``scan_table`` does)."""
+
+    def __init__(
+        self, where: str, header: CarHeader, size: int, read: ReadAt, problems: list[str]
+    ) -> None:
+        import trio
+
+        self.where = where
+        self.read = read
+        self.problems = problems
+        self.limit = header.payload_end if header.payload_end is not None else size
+        self.pos = header.first_section
+        self.table = BlockTable.growing(self.pos)
+        self.table.scan = self
+        self.windows = 0  # windows scanned so far
+        self.seconds = 0.0  # time spent reading and parsing them
+        self._lock = trio.Lock()
+
+    @property
+    def done(self) -> bool:
+        return self.table.scan is None
+
+    async def advance(self) -> None:
+        """Scan the next window, unless another caller scanned one while this one waited."""
+        seen = self.windows
+        async with self._lock:
+            if self.windows == seen and not self.done:
+                await self._step()
+
+    async def finish(self) -> None:
+        while not self.done:
+            await self.advance()
+
+    async def _step(self) -> None:
+        t0 = time.monotonic()
+        pos, limit, table = self.pos, self.limit, self.table
+        try:
+            if pos >= limit:
+                return self._end(pos)
+            buf = await self.read(pos, min(SCAN_WINDOW, limit - pos))
+            if not buf:
+                self.problems.append(
+                    f"{self.where}: truncated CAR: no data at offset {pos} (size {limit})"
+                )
+                return self._end(pos)
+            mhs: list[bytes] = []
+            first = len(table.starts)
+            nxt, problem = scan_into(buf, pos, pos, limit, mhs, table.starts)
+            table.add_scanned(mhs, first, nxt)
+            if problem is not None:
+                self.problems.append(
+                    f"{self.where}: {problem}; the {len(table.starts)} blocks before it are served"
+                )
+                return self._end(nxt)
+            if nxt == pos:  # the first section header does not fit the window: the file is cut
+                self.problems.append(
+                    f"{self.where}: truncated CAR: section header at offset {pos} is cut"
+                )
+                return self._end(pos)
+            self.pos = nxt
+            if nxt >= limit:
+                self._end(nxt)
+        finally:
+            self.windows += 1
+            self.seconds += time.monotonic() - t0
+
+    def _end(self, pos: int) -> None:
+        self.pos = pos
+        self.table.scan = None
 
 
 class TableCache:
@@ -108,25 +211,9 @@ async def scan_table(
     """Scan the sections into a table, window by window (sequential reads: the kernel's
     read-ahead keeps a local disk ahead of the scan; telling it of the next window with
     POSIX_FADV_WILLNEED was measured and gained nothing)."""
-    mhs: list[bytes] = []
-    starts = array("Q")
-    limit = header.payload_end if header.payload_end is not None else size
-    pos = header.first_section
-    while pos < limit:
-        buf = await read(pos, min(SCAN_WINDOW, limit - pos))
-        if not buf:
-            problems.append(f"{where}: truncated CAR: no data at offset {pos} (size {limit})")
-            break
-        nxt, problem = scan_into(buf, pos, pos, limit, mhs, starts)
-        if problem is not None:
-            pos = nxt
-            problems.append(f"{where}: {problem}; the {len(starts)} blocks before it are served")
-            break
-        if nxt == pos:  # the first section header does not fit the window: the file is cut
-            problems.append(f"{where}: truncated CAR: section header at offset {pos} is cut")
-            break
-        pos = nxt
-    return BlockTable.from_scan(mhs, starts, pos)
+    scan = CarScan(where, header, size, read, problems)
+    await scan.finish()
+    return scan.table
 
 
 async def open_car(
@@ -138,8 +225,11 @@ async def open_car(
     root: str | None = None,
     cache: TableCache | None = None,
     validator: str | None = None,
+    wait: bool = True,
 ) -> CarArchive:
-    """Open the CAR ``where`` of ``size`` bytes. FormatError for a bad header or root."""
+    """Open the CAR ``where`` of ``size`` bytes. FormatError for a bad header or root.
+    ``wait=False``: a CAR to scan is returned with its scan under way (``pending``; the
+    table fills as blocks are asked for, ``finish_scan`` completes it)."""
     header = await read_header(where, size, read, head)
     if not header.roots and root is None:
         raise FormatError(f"{where}: the CAR names no root (give one with --root CID)")
@@ -175,7 +265,10 @@ async def open_car(
         except CarError as e:
             problems.append(f"{where}: CARv2 index unusable ({e}); scanning the data instead")
     if table is None:
-        table = await scan_table(where, header, size, read, problems)
-        if key is not None and cache is not None and not problems:
-            return CarArchive(where, size, header, table, chosen, problems, how, (cache, key))
+        scan = CarScan(where, header, size, read, problems)
+        archive = CarArchive(where, size, header, scan.table, chosen, problems, how)
+        archive.pending = (scan, cache, key)
+        if wait:
+            await archive.finish_scan()
+        return archive
     return CarArchive(where, size, header, table, chosen, problems, how)

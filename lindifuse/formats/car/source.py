@@ -19,7 +19,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from lindifuse.errors import FormatError, RefError
+from lindifuse.errors import FormatError, LindiError, RefError
 from lindifuse.formats.car.layout import CarTree, build_tree
 from lindifuse.formats.car.load import CarArchive, ReadAt, TableCache, open_car
 from lindifuse.formats.car.store import CarBlocks, Check
@@ -31,10 +31,15 @@ FetchChecked = Callable[[int, int, Check], Awaitable[bytes]]
 
 @dataclass
 class CarSettings:
-    """``--root CID`` and the table cache (None: scan on every mount, ``--no-cache``)."""
+    """``--root CID`` and the table cache (None: scan on every mount, ``--no-cache``).
+
+    ``answer_early`` (mounts): a CARv1 scan goes on after loading (``CarLoaded.finish``, which
+    the daemon runs once the mount answers) and large maps are walked on first use
+    (``layout.LazyMap``); otherwise (``info``, tests) everything is done before returning."""
 
     root: str | None = None
     cache: TableCache | None = None
+    answer_early: bool = False
 
 
 @dataclass
@@ -43,6 +48,7 @@ class CarLoaded:
     tree: CarTree
     seconds: float
     problems: list[str] = field(default_factory=list)
+    reported: int = 0  # the archive's problems in ``problems`` (those of a later scan are not)
 
     def describe(self) -> str:
         a = self.archive
@@ -51,10 +57,50 @@ class CarLoaded:
             "index": "CARv2 index",
             "scan": f"scanned CARv{a.header.version}",
         }[a.how]
+        blocks = f"{len(a.table)} blocks ({how})"
+        if a.scanning:
+            blocks = (
+                f"{len(a.table)} blocks so far (scanning CARv{a.header.version}: the mount "
+                "answers meanwhile)"
+            )
+        keys = len(self.tree.entries) + self.tree.pending()
         return (
-            f"{a.where}: CAR ({self.tree.layout} layout), root {a.root}, {len(a.table)} blocks "
-            f"({how}), {len(self.tree.entries)} keys in {self.seconds:.2f}s"
+            f"{a.where}: CAR ({self.tree.layout} layout), root {a.root}, {blocks}, "
+            f"{keys} keys in {self.seconds:.2f}s"
         )
+
+    @property
+    def finish(self) -> Callable[[], Awaitable[None]] | None:
+        """The rest of a scan still under way (log it, cache the table); None if complete."""
+        return self._finish if self.archive.scanning else None
+
+    async def _finish(self) -> None:
+        import trio
+
+        a = self.archive
+        scan = a.pending[0] if a.pending is not None else None
+        try:
+            await a.finish_scan()
+        except LindiError as e:  # a read failed: the blocks not reached stay missing (EIO)
+            a.problems.append(f"{a.where}: scan stopped ({e})")
+            if scan is not None:
+                scan.table.scan = None
+            a.pending = None
+        log.info(
+            "%s: scanned CARv%d: %d blocks in %.2fs (%d windows; the mount answered meanwhile)",
+            a.where,
+            a.header.version,
+            len(a.table),
+            scan.seconds if scan is not None else 0.0,
+            scan.windows if scan is not None else 0,
+        )
+        new = a.problems[self.reported :]
+        if new:
+            more = f" (and {len(new) - 1} more)" if len(new) > 1 else ""
+            log.warning("%s%s", new[0], more)
+            for p in new[1:]:
+                log.debug("%s", p)
+        await trio.to_thread.run_sync(a.save_table)
 
 
 async def load_car(
@@ -76,11 +122,12 @@ async def load_car(
         root=settings.root,
         cache=settings.cache,
         validator=validator,
+        wait=not settings.answer_early,
     )
     blocks = CarBlocks(archive.table, fetch_checked, where)
     try:
-        tree = await build_tree(archive.root, blocks.get, where)
+        tree = await build_tree(archive.root, blocks.get, where, lazy=settings.answer_early)
     except RefError as e:  # e.g. the root is not in the archive
         raise FormatError(f"{where}: {e}") from None
     problems = archive.problems + [f"{where}: {p}" for p in tree.problems]
-    return CarLoaded(archive, tree, time.monotonic() - t0, problems)
+    return CarLoaded(archive, tree, time.monotonic() - t0, problems, len(archive.problems))
