@@ -112,6 +112,36 @@ def test_store_drops_damaged_entries(tmp_path):
     c.close()
 
 
+def test_store_get_many_spans_batches_misses_and_damage(tmp_path):
+    """get_many selects GET_BATCH keys per query: every stored key comes back intact across
+    batch edges, missing keys and damaged entries are left out (the damaged dropped), and the
+    hits are touched for LRU like get()."""
+    from lindifuse.cache import disk
+
+    c = DiskCache(str(tmp_path), 100 * 2**20, inline_max=1000)
+    small = _items(disk.GET_BATCH + 7, 200)  # inline rows, more than one batch
+    big = _items(4, 5000, url="http://h/big")  # content files
+    c.put_many(small + big)
+    fname = _only_file(c, big[1][0])
+    victim = os.path.join(c.data_dir, fname[:2], fname)
+    os.truncate(victim, 10)
+    absent = [make_key("http://h/none", "etag:1", i, 1) for i in range(3)]
+    ask = [k for k, _, _ in small] + absent + [k for k, _, _ in big]
+    got = c.get_many(ask)
+    want = {k: d for k, _, d in small + big if k != big[1][0]}
+    assert got == want
+    assert c.stats.hits == len(want) and c.stats.misses == len(absent) + 1
+    assert c.stats.corrupt == 1 and c.get(big[1][0]) is None  # dropped, refetched next time
+    assert set(c._touched) == set(want)
+    assert c.get_many([]) == {}
+    c.close()
+
+
+def _only_file(c: DiskCache, key: str) -> str:
+    with c._lock:
+        return c._read_db.execute("SELECT file FROM entries WHERE key = ?", (key,)).fetchone()[0]
+
+
 def test_store_evicts_least_recently_used(tmp_path):
     c = DiskCache(str(tmp_path), 10_000, inline_max=100)
     items = _items(5, 1000)
