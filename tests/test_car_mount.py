@@ -292,3 +292,76 @@ def test_cache_verify_rechecks_car_blocks(mount, tmp_path, http_server, run_cli)
         r.rc == 0
         and json.loads(r.stdout)["car_blocks_verified"] == first["car_blocks_verified"] - 1
     )
+
+
+def _big_array_car(n: int = 2500, size: int = 4096) -> tuple[bytes, dict[str, bytes]]:
+    """An ipldstore CAR larger than one scan window (8 MiB, so its scan goes on after the mount
+    answers), root first as ipldstore writes it, one array ``a`` of ``n`` chunks (a map larger
+    than LAZY_MIN: filled on first use) holding a sub-group ``a/sub`` too."""
+    keys: dict = {".zgroup": {"zarr_format": 2}, "a/.zarray": {"zarr_format": 2}}
+    for i in range(n):
+        keys[f"a/{i}"] = i.to_bytes(4, "little") * (size // 4)
+    keys["a/sub/.zgroup"] = {"zarr_format": 2}
+    keys["a/sub/x"] = b"x"
+    car, _ = ipldstore_car(keys)
+    assert len(car) > 8 * 2**20
+    return car, {k: v for k, v in keys.items() if isinstance(v, bytes)}
+
+
+def _wait_for_log(m, text: str, timeout: float = 20.0) -> str:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while text not in m.log_text():
+        assert time.monotonic() < deadline, f"{text!r} not logged:\n{m.log_text()[-3000:]}"
+        time.sleep(0.05)
+    return m.log_text()
+
+
+def test_large_car_answers_before_its_scan_ends(mount, tmp_path):
+    """The mount answers once the root is known; a read of a block the scan has not reached
+    waits for it; the large map's directory is filled on first use with stable inodes and the
+    right nlink before and after; the complete table is cached for the next mount."""
+    car, chunks = _big_array_car()
+    p = tmp_path / "big.car"
+    p.write_bytes(car)
+    cache = tmp_path / "c"
+    m = mount(p, None, "--cache-dir", cache)
+    assert "blocks so far (scanning CARv1" in m.log_text()
+    a = m.path / "a"
+    assert os.stat(a).st_nlink == 3  # before it is filled: counted from the map ("sub")
+    last = a / "2499"
+    assert last.read_bytes() == chunks["a/2499"]  # waits for the scan to reach its block
+    ino = os.stat(last).st_ino
+    assert os.stat(a).st_nlink == 3
+    names = sorted(os.listdir(a))
+    assert names == sorted([".zarray", "sub", *(str(i) for i in range(2500))])
+    assert os.stat(last).st_ino == ino and os.stat(a / "sub" / "x").st_size == 1
+    for key, want in chunks.items():
+        f = m.path / key
+        assert f.stat().st_size == len(want) and f.read_bytes() == want, key
+    log = _wait_for_log(m, "scanned CARv1: 2502 blocks")
+    assert "runs past" not in log and "WARNING" not in log
+    m.umount()
+    m2 = mount(p, None, "--cache-dir", cache)
+    assert "block table from the cache" in m2.log_text()
+    assert (m2.path / "a" / "1234").read_bytes() == chunks["a/1234"]
+
+
+def test_large_truncated_car_reports_once_when_its_scan_ends(mount, tmp_path):
+    car, chunks = _big_array_car()
+    p = tmp_path / "cut.car"
+    p.write_bytes(car[:-100])
+    m = mount(p, None, "--cache-dir", tmp_path / "c")
+    assert "blocks so far (scanning CARv1" in m.log_text()  # the cut was not reached yet
+    assert (m.path / "a" / "0").read_bytes() == chunks["a/0"]
+    with pytest.raises(OSError) as e:
+        (m.path / "a" / "2499").read_bytes()  # its section is cut: waited for, then EIO
+    assert e.value.errno == errno.EIO
+    assert (m.path / "a" / "2498").read_bytes() == chunks["a/2498"]
+    log = _wait_for_log(m, "scanned CARv1")
+    warn = [ln for ln in log.splitlines() if "runs past the end" in ln]
+    assert len(warn) == 1, warn
+    m.umount()
+    m2 = mount(p, None, "--cache-dir", tmp_path / "c")
+    assert "block table from the cache" not in m2.log_text()  # a damaged table is not kept

@@ -645,3 +645,156 @@ def test_scan_of_many_equal_sections_takes_few_python_turns(
     table = Opened(car).car.table
     assert len(table) == 20_000
     assert sum(calls) >= 19_990 and len(calls) <= 20, (len(calls), sum(calls))
+
+
+# -- answering before the scan ends, large maps walked on first use ------------------------------
+
+
+def _many_chunks(n: int, size: int = 200) -> tuple[bytes, dict[str, bytes]]:
+    """An ipldstore CAR (root first, as ipldstore writes it) of one array of ``n`` chunks."""
+    keys: dict[str, object] = {".zgroup": {"zarr_format": 2}, "a/.zarray": {"zarr_format": 2}}
+    for i in range(n):
+        keys[f"a/{i}"] = i.to_bytes(4, "little") * (size // 4)
+    car, chunks = ipldstore_car(keys)  # type: ignore[arg-type]
+    return car, {k: v for k, v in keys.items() if isinstance(v, bytes)}  # type: ignore[misc]
+
+
+def test_growing_table_keeps_the_first_of_repeated_blocks() -> None:
+    from array import array
+
+    t = BlockTable.growing(10)
+    assert t.get(b"a") is None and len(t) == 0
+    t.starts.extend([10, 20])
+    t.add_scanned([b"a", b"b"], 0, 30)
+    t.starts.extend([30, 40, 50])
+    t.add_scanned([b"b", b"c", b"c"], 2, 60)  # b again (other window), c twice (same window)
+    assert [t.get(m) for m in (b"a", b"b", b"c")] == [(10, 20), (20, 30), (40, 50)]
+    assert len(t) == 3
+    whole = BlockTable.from_scan(
+        [b"a", b"b", b"b", b"c", b"c"], array("Q", [10, 20, 30, 40, 50]), 60
+    )
+    assert sorted(whole.items()) == sorted(t.items())
+    assert (
+        BlockTable.from_bytes(t.to_bytes()).items()
+        == BlockTable.from_bytes(whole.to_bytes()).items()
+    )
+
+
+def test_open_without_waiting_scans_as_far_as_asked(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``open_car(wait=False)`` reads only the first window; a block further on is found by
+    driving the scan there; ``finish_scan`` completes the table, which is then the very table a
+    full scan makes and is marked for the cache."""
+    from lindifuse.formats.car import load
+
+    monkeypatch.setattr(load, "SCAN_WINDOW", 4096)
+    data, chunks = _many_chunks(300)
+    full = Opened(data)
+    cache = TableCache(str(tmp_path))
+    op = Opened(data, wait=False, cache=cache, validator="v")
+    reads: list[int] = []
+    orig = op._read
+
+    async def counting(off: int, n: int) -> bytes:
+        reads.append(off)
+        return await orig(off, n)
+
+    scan = op.car.pending[0]  # type: ignore[attr-defined]
+    scan.read = counting
+    assert op.car.scanning and op.car.unsaved is None and len(op.car.table) == 0
+    tree = op.tree()  # the root is the first block: one window is enough
+    assert len(reads) == 1 and tree.problems == []
+    assert 0 < len(op.car.table) < len(full.car.table)
+    last = tree.entries["a/299"]
+    assert op.read(last) == chunks["a/299"]  # drives the scan to the end of the file
+    assert len(reads) >= 3 and scan.done
+    trio.run(op.car.finish_scan)
+    assert not op.car.scanning and op.car.unsaved is not None and op.car.problems == []
+    assert sorted(op.car.table.items()) == sorted(full.car.table.items())
+    missing = cid_from_bytes(cid(b"not in the car", RAW))
+    with pytest.raises(MissingBlock):
+        trio.run(op.blocks.get, missing)
+
+
+def test_a_block_not_reached_is_missing_only_once_the_scan_ends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from lindifuse.formats.car import load
+
+    monkeypatch.setattr(load, "SCAN_WINDOW", 4096)
+    data, chunks = _many_chunks(300)
+    cut = data[: len(data) - 100]
+    op = Opened(cut, wait=False)
+    tree = op.tree()
+    assert op.car.problems == []  # the cut is not reached yet
+    with pytest.raises(MissingBlock):
+        op.read(tree.entries["a/299"])  # its section runs past the end: waited for, then missing
+    assert op.car.pending[0].done  # type: ignore[index]
+    assert len(op.car.problems) == 1 and "runs past the end" in op.car.problems[0]
+    assert op.read(tree.entries["a/298"]) == chunks["a/298"]
+    trio.run(op.car.finish_scan)
+    assert op.car.unsaved is None  # a table with a problem is not cached
+
+
+def test_a_failed_read_after_loading_ends_the_scan_with_one_problem(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from lindifuse.errors import SourceError
+    from lindifuse.formats.car import load
+
+    monkeypatch.setattr(load, "SCAN_WINDOW", 4096)
+    data, _ = _many_chunks(300)
+    op = Opened(data, wait=False)
+    scan = op.car.pending[0]  # type: ignore[attr-defined]
+
+    async def failing(off: int, n: int) -> bytes:
+        raise SourceError("test.car: gone")
+
+    scan.read = failing
+    with pytest.raises(SourceError):  # while opening, a failed read fails the opening
+        trio.run(scan.advance)
+    scan.soft = True  # once the mount answers (load_car sets it)
+    trio.run(op.car.finish_scan)
+    assert not op.car.scanning and len(op.car.problems) == 1
+    assert "scan stopped at offset" in op.car.problems[0] and "gone" in op.car.problems[0]
+
+
+def test_large_maps_are_left_for_first_use_and_expand_to_the_same_entries() -> None:
+    from lindifuse.formats.car.layout import LAZY_MIN
+
+    n = LAZY_MIN + 5
+    keys: dict[str, object] = {".zgroup": {"zarr_format": 2}, "a/.zarray": {"zarr_format": 2}}
+    for i in range(n):
+        keys[f"a/{i}"] = f"chunk {i}".encode()
+    keys["a/sub/.zgroup"] = {"zarr_format": 2}  # a sub-directory inside the large map
+    keys["a/sub/x"] = b"x"
+    keys["small/0"] = b"s"
+    data, _ = ipldstore_car(keys)  # type: ignore[arg-type]
+    op = Opened(data)
+    eager = op.tree()
+    lazy = trio.run(lambda: build_tree(op.car.root, op.blocks.get, op.where, lazy=True))
+    assert set(lazy.entries) == {".zgroup", "small/0"}  # nothing of "a" yet
+    assert [m.key for m in lazy.lazy] == ["a"] and lazy.pending() == n + 2
+    big = lazy.lazy[0]
+    assert big.subdirs() == 1
+    got = trio.run(big.expand)
+    assert got.problems == [] and got.lazy == []
+    assert set(got.entries) | set(lazy.entries) == set(eager.entries)
+    for k, v in got.entries.items():
+        assert served(op, v) == served(op, eager.entries[k])
+    run_keys = sorted(k for _, _, keys_ in got.runs for k in keys_)
+    assert run_keys == sorted(got.entries)
+
+
+def test_tree_lazy_dir_counts_subdirs_until_filled() -> None:
+    from lindifuse.fs.tree import Tree
+
+    tree = Tree.from_runs([("", [".zgroup"], [".zgroup"])])
+    node = tree.add_lazy_dir("a/b", lambda: 3)
+    assert node is not None and node.children == {} and tree.by_key("a/b") is node
+    assert tree.nlink(node) == 5 and tree.nlink(tree.by_key("a")) == 3  # type: ignore[arg-type]
+    tree.add_run("a/b", ["0", "1"], ["a/b/0", "a/b/1"])
+    tree.add_dir(node, "sub")
+    tree.filled(node)
+    assert tree.nlink(node) == 3

@@ -8,6 +8,7 @@ releases everything (flushing a writable mount first)."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import time
@@ -176,17 +177,25 @@ class FileSystem:
             return
         lazy = self._lazy[node.inode]
         ev = self._lazy_filling[node.inode] = trio.Event()
+        # As at mount (service.mount): the entries and nodes made here live as long as the
+        # mount, so no collection runs while they are made and they are frozen afterwards.
+        collecting = gc.isenabled()
+        gc.disable()
         try:
             t0 = time.monotonic()
             got = await lazy.expand()
-            self.container.rset.refs.update(got.entries)
+            refs = self.container.rset.refs
+            refs.update(got.entries)
+            zattrs = {}
             for parent_path, names, keys in got.runs:
                 self.tree.add_run(parent_path, names, keys)
+                if ".zattrs" in names:
+                    key = keys[names.index(".zattrs")]
+                    zattrs[key] = refs[key]
             for sub in got.lazy:
                 self._add_lazy(sub)
             del self._lazy[node.inode]
             self.tree.filled(node)
-            zattrs = {k: v for k, v in got.entries.items() if k.endswith(".zattrs")}
             if zattrs:
                 self.ext_links.update(self._find_external_links(zattrs))
             log.debug(
@@ -202,6 +211,9 @@ class FileSystem:
                 for p in got.problems[1:]:
                     log.debug("%s: %s", src, p)
         finally:
+            if collecting:
+                gc.freeze()
+                gc.enable()
             del self._lazy_filling[node.inode]
             ev.set()
 
@@ -333,6 +345,7 @@ class FileSystem:
             "requests": dict(self.ops.requests),
             "no_open": self.ops.no_open,
             "request_burst": self.ops.request_burst,
+            "reply_nogil": self.ops.reply_nogil,
             "dandi": asdict(self.http.dandi.stats),
         }
 

@@ -102,15 +102,15 @@ class LazyMap:
         return len(self.mapping)
 
     def subdirs(self) -> int:
-        """How many of its entries are directories (nested maps, links to DAG-CBOR maps under
-        good names), counted without walking it: a directory's ``st_nlink`` before it is
+        """How many of its entries are directories (nested maps but inline metadata, links to
+        DAG-CBOR maps; under good names), counted without walking it: a directory's ``st_nlink`` before it is
         filled. (A sub-map that the walk finds unreadable or empty is left out then.)"""
         if self._subdirs < 0:
             tag = dagcbor.tag_type()
             n = 0
             for name, value in self.mapping.items():
                 tv = type(value)
-                if tv is dict or (
+                if (tv is dict and name not in INLINE_JSON) or (
                     tv is tag
                     and value.tag == dagcbor.LINK_TAG
                     and type(value.value) is bytes

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from lindifuse.cache.indexfiles import IndexFiles
-from lindifuse.errors import FormatError
+from lindifuse.errors import FormatError, LindiError
 from lindifuse.formats.car.blocks import BlockTable
 from lindifuse.formats.car.cid import Cid, cid_from_string
 from lindifuse.formats.car.framing import (
@@ -106,6 +106,9 @@ class CarScan:
         self.pos = header.first_section
         self.table = BlockTable.growing(self.pos)
         self.table.scan = self
+        # False while the CAR is being opened (a failed read fails the opening); True once the
+        # mount answers (a failed read ends the scan there: blocks after it are missing, EIO)
+        self.soft = False
         self.windows = 0  # windows scanned so far
         self.seconds = 0.0  # time spent reading and parsing them
         self._lock = trio.Lock()
@@ -131,7 +134,15 @@ class CarScan:
         try:
             if pos >= limit:
                 return self._end(pos)
-            buf = await self.read(pos, min(SCAN_WINDOW, limit - pos))
+            try:
+                buf = await self.read(pos, min(SCAN_WINDOW, limit - pos))
+            except LindiError as e:
+                if not self.soft:
+                    raise
+                self.problems.append(
+                    f"{self.where}: scan stopped at offset {pos} ({e}); later blocks are missing"
+                )
+                return self._end(pos)
             if not buf:
                 self.problems.append(
                     f"{self.where}: truncated CAR: no data at offset {pos} (size {limit})"

@@ -19,7 +19,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from lindifuse.errors import FormatError, LindiError, RefError
+from lindifuse.errors import FormatError, RefError
 from lindifuse.formats.car.layout import CarTree, build_tree
 from lindifuse.formats.car.load import CarArchive, ReadAt, TableCache, open_car
 from lindifuse.formats.car.store import CarBlocks, Check
@@ -79,13 +79,7 @@ class CarLoaded:
 
         a = self.archive
         scan = a.pending[0] if a.pending is not None else None
-        try:
-            await a.finish_scan()
-        except LindiError as e:  # a read failed: the blocks not reached stay missing (EIO)
-            a.problems.append(f"{a.where}: scan stopped ({e})")
-            if scan is not None:
-                scan.table.scan = None
-            a.pending = None
+        await a.finish_scan()
         log.info(
             "%s: scanned CARv%d: %d blocks in %.2fs (%d windows; the mount answered meanwhile)",
             a.where,
@@ -130,4 +124,6 @@ async def load_car(
     except RefError as e:  # e.g. the root is not in the archive
         raise FormatError(f"{where}: {e}") from None
     problems = archive.problems + [f"{where}: {p}" for p in tree.problems]
+    if archive.pending is not None:
+        archive.pending[0].soft = True
     return CarLoaded(archive, tree, time.monotonic() - t0, problems, len(archive.problems))
