@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import sys
 import time
 from dataclasses import asdict
 from typing import Any
@@ -172,9 +173,11 @@ class FileSystem:
         """Fill a directory the loader left for its first use (once; concurrent users wait).
         Inodes are given here, once, so they stay stable for the life of the mount."""
         ev = self._lazy_filling.get(node.inode)
-        if ev is not None:
+        while ev is not None:  # another request is filling it (and, should that fail, retry)
             await ev.wait()
-            return
+            if node.inode not in self._lazy:
+                return
+            ev = self._lazy_filling.get(node.inode)
         lazy = self._lazy[node.inode]
         ev = self._lazy_filling[node.inode] = trio.Event()
         # As at mount (service.mount): the entries and nodes made here live as long as the
@@ -346,6 +349,7 @@ class FileSystem:
             "no_open": self.ops.no_open,
             "request_burst": self.ops.request_burst,
             "reply_nogil": self.ops.reply_nogil,
+            "switch_interval": sys.getswitchinterval(),
             "dandi": asdict(self.http.dandi.stats),
         }
 

@@ -3,11 +3,13 @@
 ``open_car`` reads through ``read(offset, size)`` (local file or HTTP range, supplied by the
 caller) and never reads a block's bytes to build the table: a CARv2 index gives section
 offsets; a CARv1 is scanned once, section header by section header, in windows of
-``SCAN_WINDOW`` bytes, and the table is kept by the caller's cache (written by ``CarArchive.save_table`` once the
-mount answers) (``TableCache``, beside the
-HDF5 indexes, keyed by source and version) so the next mount of an unchanged file reads no
-section at all. A CAR cut short mounts what it holds: the scan stops at the broken section
-and says so (one line); blocks after it are missing (EIO for the files that need them).
+``SCAN_WINDOW`` bytes (``CarScan``: with ``wait=False`` the scan goes on after opening, as far
+as lookups need it and then to the end, so a mount answers before it ends), and the table is
+kept by the caller's cache (``TableCache``, beside the HDF5 indexes, keyed by source and
+version; written by ``CarArchive.save_table`` once the mount answers and the scan is complete)
+so the next mount of an unchanged file reads no section at all. A CAR cut short mounts what it
+holds: the scan stops at the broken section and says so (one line); blocks after it are
+missing (EIO for the files that need them).
 """
 
 from __future__ import annotations
