@@ -169,7 +169,7 @@ class FileSystem:
     def _lazy_entries(self) -> int:
         return sum(map(len, self._lazy.values()))
 
-    async def _fill(self, node: Node) -> None:
+    async def _fill_lazy(self, node: Node) -> None:
         """Fill a directory the loader left for its first use (once; concurrent users wait).
         Inodes are given here, once, so they stay stable for the life of the mount."""
         ev = self._lazy_filling.get(node.inode)
@@ -224,7 +224,7 @@ class FileSystem:
         """Before a directory is used: fill it if the loader left it for its first use; list
         the chunks of an external array link (once)."""
         if self._lazy and node.inode in self._lazy:
-            await self._fill(node)
+            await self._fill_lazy(node)
         link = self.ext_links.get(node.inode)
         if link is None:
             return

@@ -88,9 +88,11 @@ class CarArchive:
 class CarScan:
     """The section scan of a CARv1 (or of a CARv2 without an index), window by window, into
     a table that grows as it goes (``BlockTable.growing``), so a mount can answer before it
-    ends: the blocks it needs first (the root) lie near the start when, as ipldstore and
-    ``ipfs-car`` write them, the root is the first section (a CAR whose root is last gains
-    nothing: the root is found at the end of the scan). A lookup of a block not reached yet
+    ends: the blocks it needs first lie near the start when the root is the first section,
+    as ipldstore writes it (and tests/carwriter.py, benchmarks/_cargen.py). A CAR whose root is
+    last gains nothing: the root is found at the end of the scan. The UnixFS importers
+    (``ipfs-car pack``, the JS importer) write leaves first and the root last, so a UnixFS CAR
+    is scanned whole before its mount answers, as before. A lookup of a block not reached yet
     drives the scan on itself (``BlockTable.locate`` -> ``advance``), one caller at a time,
     so a block is never missing because of timing; the rest is driven by the mount's
     background task (``finish``). Problems go to ``problems`` when met (the scan stops there,
