@@ -365,3 +365,22 @@ def test_large_truncated_car_reports_once_when_its_scan_ends(mount, tmp_path):
     m.umount()
     m2 = mount(p, None, "--cache-dir", tmp_path / "c")
     assert "block table from the cache" not in m2.log_text()  # a damaged table is not kept
+
+
+def test_large_remote_car_scan_goes_on_then_offline(mount, tmp_path, http_server):
+    """Over HTTP too: the mount answers after the first window, the scan's later windows are
+    range requests beside the mount, and its complete table serves the next mount offline."""
+    car, chunks = _big_array_car()
+    (http_server.root / "big.car").write_bytes(car)
+    url = http_server.url("big.car")
+    cache = tmp_path / "c"
+    m = mount(url, None, "--cache-dir", cache)
+    assert "blocks so far (scanning CARv1" in m.log_text()
+    assert (m.path / "a" / "2499").read_bytes() == chunks["a/2499"]
+    _wait_for_log(m, "scanned CARv1: 2502 blocks")
+    assert (m.path / "a" / "7").read_bytes() == chunks["a/7"]
+    m.umount()
+    m2 = mount(url, None, "--cache-dir", cache, "--offline")
+    assert "block table from the cache" in m2.log_text()
+    assert (m2.path / "a" / "2499").read_bytes() == chunks["a/2499"]
+    assert (m2.path / "a" / "7").read_bytes() == chunks["a/7"]
