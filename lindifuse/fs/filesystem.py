@@ -348,7 +348,6 @@ class FileSystem:
             "requests": dict(self.ops.requests),
             "no_open": self.ops.no_open,
             "request_burst": self.ops.request_burst,
-            "reply_nogil": self.ops.reply_nogil,
             "switch_interval": sys.getswitchinterval(),
             "dandi": asdict(self.http.dandi.stats),
         }
