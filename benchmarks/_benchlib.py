@@ -361,6 +361,7 @@ def range_server(root: Path, latency: float) -> Iterator[Callable[[str], str]]:
             return proc.stdout.readline().strip()  # type: ignore[union-attr]
 
         ask.port = int(first[1])  # type: ignore[attr-defined]
+        ask.pid = proc.pid  # type: ignore[attr-defined]
         yield ask
     finally:
         with contextlib.suppress(OSError):

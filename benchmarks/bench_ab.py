@@ -1,7 +1,7 @@
 """One build, two values of one daemon setting, side by side: is a lever worth keeping?
 
-    .venv/bin/python benchmarks/bench_ab.py LINDIFUSE_SWITCH_INTERVAL=0.005,0.001
-    .venv/bin/python benchmarks/bench_ab.py LINDIFUSE_REPLY_NOGIL=0,131072 --only local,remote
+    .venv/bin/python benchmarks/bench_ab.py                # LINDIFUSE_PYFUSE3_FEATURES=0,1
+    .venv/bin/python benchmarks/bench_ab.py LINDIFUSE_REQUEST_BURST=0,16 --only small
     .venv/bin/python benchmarks/bench_ab.py LINDIFUSE_REQUEST_BURST=0,16 --quick
 
 The setting is an environment variable of the daemon (the ones lindifuse reads are listed in
@@ -55,12 +55,10 @@ MiB = 2**20
 # setting -> the field of the daemon's stats that shows what it took
 SETTINGS = {
     "LINDIFUSE_REQUEST_BURST": "request_burst",
-    "LINDIFUSE_SWITCH_INTERVAL": "switch_interval",
-    "LINDIFUSE_REPLY_NOGIL": "reply_nogil",
     "LINDIFUSE_PYFUSE3_FEATURES": "no_open",
 }
 Got = dict[tuple[str, str], list[float]]
-DEFAULT = "LINDIFUSE_SWITCH_INTERVAL=0.005,0.001"  # CPython's interval, then lindifuse's
+DEFAULT = "LINDIFUSE_PYFUSE3_FEATURES=0,1"  # stock pyfuse3 behaviour, then the patched build's
 
 
 class AB:

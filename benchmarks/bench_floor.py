@@ -33,6 +33,7 @@ import argparse
 import contextlib
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -117,7 +118,7 @@ def timed(got: Got, label: str, m: B.Mount, run: Callable[[Path], float], unit: 
 
 
 def _digits(unit: str) -> int:
-    return 2 if unit in ("s", "daemon CPU-s") else 0
+    return 2 if unit == "s" or "CPU" in unit else 0
 
 
 def part_small(a: argparse.Namespace, rep: B.Report) -> None:
@@ -259,13 +260,16 @@ def part_remote(a: argparse.Namespace, rep: B.Report) -> None:
     lindi_py = B.lindi_python()
     got: Got = {}
 
-    def zarr2(path: Path) -> float:
+    def zarr2(path: Path) -> tuple[float, float]:
         out = snippet(ZARR2_READ, lindi_py, path=str(path / "x"))
         assert out["ok"]
-        return out["s"]
+        return out["s"], out["cpu"]
 
-    def cat(path: Path) -> float:
-        return cat_files([path / k for k in keys])
+    def cat(path: Path) -> tuple[float, float]:
+        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        secs = cat_files([path / k for k in keys])
+        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return secs, r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime
 
     works = [("cat of the chunk files", cat)]
     if lindi_py:
@@ -294,7 +298,21 @@ def part_remote(a: argparse.Namespace, rep: B.Report) -> None:
                 for label, mount in mounts if r % 2 == 0 else mounts[::-1]:
                     with mount() as m:
                         B.drop_caches()
-                        timed(got, f"{label}: {work}", m, run, "s")
+                        c0, s0 = cpu_seconds(m.pid), cpu_seconds(ask.pid)  # type: ignore[attr-defined]
+                        secs, reader = run(m.path)
+                        daemon = cpu_seconds(m.pid) - c0
+                        server = cpu_seconds(ask.pid) - s0  # type: ignore[attr-defined]
+                    row = f"{label}: {work}"
+                    for unit, x in (
+                        ("s", secs),
+                        ("daemon CPU-s", daemon),
+                        ("reader CPU-s", reader),
+                        ("server CPU-s", server),
+                        ("all CPU-s / 2 cores", (daemon + reader + server) / 2),
+                    ):
+                        got.setdefault(f"{row}|{unit}", []).append(x)
+                    print(f"  {row}: {secs:.2f} s; CPU-s daemon {daemon:.2f}, reader "
+                          f"{reader:.2f}, server {server:.2f}", flush=True)  # fmt: skip
     _publish(
         rep, got, f"{a.mib} MiB in 1 MiB chunks, loopback HTTP, {a.latency * 1000:.0f} ms", a.reps
     )
@@ -314,11 +332,11 @@ def _publish(rep: B.Report, got: Got, title: str, reps: int) -> None:
     for key, xs in got.items():
         label, unit = key.split("|")
         rows.setdefault(label, {})[unit] = B.spread(xs, _digits(unit))
-    units = sorted({u for r in rows.values() for u in r if u != "daemon CPU-s"})
+    units = list(dict.fromkeys(u for r in rows.values() for u in r))
     rep.table(
         f"{title} (median (range) of {reps})",
-        ["what", *units, "daemon CPU-s"],
-        [[k, *(r.get(u, "") for u in units), r.get("daemon CPU-s", "")] for k, r in rows.items()],
+        ["what", *units],
+        [[k, *(r.get(u, "") for u in units)] for k, r in rows.items()],
     )
 
 

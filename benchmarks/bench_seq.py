@@ -69,11 +69,12 @@ ZARR2_READ = """
 import json, sys, time, numpy as np, zarr
 sys.path.insert(0, {bench!r})
 import _gen
-t0 = time.perf_counter()
+t0, c0 = time.perf_counter(), time.process_time()
 a = zarr.open_array(zarr.DirectoryStore({path!r}), mode="r")
 d = a[:]
-t = time.perf_counter() - t0
-print(json.dumps({{"s": t, "ok": bool(np.array_equal(d, _gen.expected_values(0, d.size)))}}))
+t, cpu = time.perf_counter() - t0, time.process_time() - c0
+print(json.dumps({{"s": t, "cpu": cpu,
+                  "ok": bool(np.array_equal(d, _gen.expected_values(0, d.size)))}}))
 """
 
 ZARR3_READ = """

@@ -230,20 +230,3 @@ def test_request_bursts_are_off_when_asked_or_stock(mount, tmp_path):
         assert stats(m)["request_burst"] is False
         read_all(m, data)
         m.umount()
-
-
-def test_switch_interval_is_short_unless_asked(mount, tmp_path):
-    """The daemon's GIL switch interval is 1 ms (its event loop's thread takes the interpreter
-    back from a worker within that), LINDIFUSE_SWITCH_INTERVAL sets another, and a value that
-    is not a positive number leaves the default; reads work either way."""
-    from lindifuse.service.mount import SWITCH_ENV, SWITCH_INTERVAL
-
-    data = build_tar(tmp_path / "s.lindi.tar", 8, 4096)
-    for value, want in ((None, SWITCH_INTERVAL), ("0.005", 0.005), ("soon", SWITCH_INTERVAL)):
-        env = {k: v for k, v in os.environ.items() if k != SWITCH_ENV}
-        if value is not None:
-            env[SWITCH_ENV] = value
-        m = mount(data.path, None, "--read-only", "--no-cache", env=env)
-        assert stats(m)["switch_interval"] == pytest.approx(want)
-        read_all(m, data)
-        m.umount()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import gc
 import logging
 import os
-import sys
 import time
 from dataclasses import asdict
 from typing import Any
@@ -348,7 +347,6 @@ class FileSystem:
             "requests": dict(self.ops.requests),
             "no_open": self.ops.no_open,
             "request_burst": self.ops.request_burst,
-            "switch_interval": sys.getswitchinterval(),
             "dandi": asdict(self.http.dandi.stats),
         }
 

@@ -183,27 +183,6 @@ def _clear_dead_mount(mp: str) -> None:
         print(f"lindifuse: {mp}: cleared a dead mount left by a killed daemon", file=sys.stderr)
 
 
-SWITCH_INTERVAL = 0.001  # seconds; CPython's default is 0.005
-SWITCH_ENV = "LINDIFUSE_SWITCH_INTERVAL"  # another interval in seconds (benchmarks compare)
-
-
-def set_switch_interval() -> float:
-    """Let the event loop's thread take the GIL back from a worker thread within a millisecond.
-
-    Every FUSE request is answered on trio's thread, while worker threads receive HTTP bodies,
-    write the persistent cache and read the disk cache. When the loop's thread wants the GIL
-    while a worker runs Python code, CPython makes it wait up to the switch interval (5 ms by
-    default) before the worker is asked to let go, and a reader waiting for its reply waits as
-    long: one sequential zarr 2 reader of a remote array waits on that for every chunk.
-    ``LINDIFUSE_SWITCH_INTERVAL`` sets another interval (CPython's 0.005 to turn it off)."""
-    value = SWITCH_INTERVAL
-    with contextlib.suppress(ValueError):
-        value = float(os.environ.get(SWITCH_ENV, value))
-    if value > 0:
-        sys.setswitchinterval(value)
-    return sys.getswitchinterval()
-
-
 async def serve(opts: MountOptions) -> int:
     """Run the daemon in the current process until unmounted; returns the exit status."""
     import pyfuse3
@@ -222,7 +201,6 @@ async def serve(opts: MountOptions) -> int:
     if refusal is not None:
         ready.error(refusal)
         return 1
-    set_switch_interval()
     try:
         _check_mountpoint(opts.mountpoint)
         # Loading creates millions of long-lived objects: collecting during that is wasted work,
