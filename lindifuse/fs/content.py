@@ -408,8 +408,8 @@ class ContentService:
                 blob = await self._read_hashed(node, r, want)
                 return blob[offset : offset + size]
             if not loc.remote:
-                if offset == 0 and self.readahead is not None:
-                    self.readahead.on_read(node, r)
+                # No read-ahead of our own: the kernel's for the source file does better here
+                # (lindifuse.fs.readahead says why).
                 return await self.local.read(loc.where, r.offset + offset, size)
             if r.stored <= WHOLE_FETCH_MAX:
                 if offset == 0 and self.readahead is not None:

@@ -169,7 +169,6 @@ class FetchStats:
     stale_served: int = 0  # ranges served from disk while the origin failed (or --offline)
     stale_urls: int = 0  # URLs served that way (one log line each)
     readahead_window_max: int = 0  # largest window started, in chunks
-    readahead_local_bytes: int = 0  # bytes of local sources advised to the kernel (WILLNEED)
     blocks_verified: int = 0  # content-addressed blocks hashed against their CID (CAR)
     verified_bytes: int = 0
     block_mismatches: int = 0  # distinct blocks whose bytes did not match their CID

@@ -1,6 +1,6 @@
 """Local files as a byte source: ``pread`` in a worker thread, with a non-blocking
-``RWF_NOWAIT`` attempt first (a page-cache hit costs no thread hop) and ``POSIX_FADV_WILLNEED``
-for read-ahead windows. File descriptors are kept open per path for the life of the mount."""
+``RWF_NOWAIT`` attempt first (a page-cache hit costs no thread hop). File descriptors are kept
+open per path for the life of the mount."""
 
 from __future__ import annotations
 
@@ -70,22 +70,15 @@ class LocalFiles:
     async def read(self, path: str, offset: int, size: int) -> bytes:
         if size == 0:
             return b""
-        data = self.pread_cached(path, offset, size)
+        data = (
+            self.pread_cached(path, offset, size)
+            if size <= int(os.environ.get("LINDIFUSE_EXP_NOWAIT_MAX", 1 << 62))
+            else None
+        )
         if data is not None:
             self.nowait_hits += 1
             return data
         return await trio.to_thread.run_sync(self.pread, path, offset, size)
-
-    def advise(self, path: str, ranges: list[tuple[int, int]]) -> None:
-        """Start reading ``ranges`` (offset, size) of ``path`` into the page cache
-        (POSIX_FADV_WILLNEED; may block briefly: call from a worker thread). Errors are
-        ignored: this is only a hint."""
-        try:
-            fd = self._fd(path)
-            for off, size in ranges:
-                os.posix_fadvise(fd, off, size, os.POSIX_FADV_WILLNEED)
-        except (OSError, RefError):
-            pass
 
     def size(self, path: str) -> int:
         return os.fstat(self._fd(path)).st_size
