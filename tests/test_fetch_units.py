@@ -137,6 +137,37 @@ def test_store_get_many_spans_batches_misses_and_damage(tmp_path):
     c.close()
 
 
+def test_store_removes_only_old_orphans(tmp_path):
+    """remove_orphans deletes content files older than min_age that no row names (a file of an
+    unknown key, a leftover temporary file, an older file of a key whose row names another);
+    every file a row names, and a young orphan, stay, and the entries still read back."""
+    c = DiskCache(str(tmp_path), 100 * 2**20, inline_max=1000)
+    items = _items(3, 5000) + _items(2, 100, url="http://h/small")
+    c.put_many(items)
+    named = _only_file(c, items[0][0])
+    folder = os.path.join(c.data_dir, named[:2])
+    orphans = [
+        os.path.join(folder, f"{make_key('http://h/gone', 'e', 0, 1)}-0badc0de"),
+        os.path.join(folder, f".tmp-{named}"),
+        os.path.join(folder, f"{items[1][0]}-11111111"),  # the key exists, its row names another
+    ]
+    young = os.path.join(folder, f"{make_key('http://h/new', 'e', 0, 1)}-12345678")
+    for p in [*orphans, young]:
+        with open(p, "wb") as f:
+            f.write(b"x")
+    old = time.time() - 7200
+    for d, _, names in os.walk(c.data_dir):
+        for n in names:
+            if os.path.join(d, n) != young:
+                os.utime(os.path.join(d, n), (old, old))
+    assert c.remove_orphans(min_age=3600) == len(orphans)
+    assert not any(os.path.exists(p) for p in orphans) and os.path.exists(young)
+    for k, _, data in items:
+        assert c.get(k) == data
+    assert c.remove_orphans(min_age=0) == 1  # now the young one too
+    c.close()
+
+
 def _only_file(c: DiskCache, key: str) -> str:
     with c._lock:
         return c._read_db.execute("SELECT file FROM entries WHERE key = ?", (key,)).fetchone()[0]

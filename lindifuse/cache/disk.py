@@ -549,25 +549,41 @@ class DiskCache:
         return n, int(nbytes)
 
     def remove_orphans(self, min_age: float = ORPHAN_AGE) -> int:
-        """Delete content files no row names (left by a crash between write and commit)."""
+        """Delete content files no row names (left by a crash between write and commit).
+
+        Only files older than ``min_age`` are candidates, and only their rows are looked up
+        (a content file's name starts with its entry's key): a store of small entries, which
+        live in their rows, is not read through at every mount."""
         if self.broken:
             return 0
-        with self._lock:
-            known = {r[0] for r in self._read_db.execute("SELECT file FROM entries WHERE file")}
-        removed = 0
         cutoff = time.time() - min_age
+        old: dict[str, str] = {}  # path -> the key its row would have ("" for temporary files)
         for sub in os.listdir(self.data_dir):
             folder = os.path.join(self.data_dir, sub)
             with contextlib.suppress(OSError):
                 for name in os.listdir(folder):
-                    base = name.removeprefix(".tmp-")
-                    if base in known and base == name:
-                        continue
                     p = os.path.join(folder, name)
                     with contextlib.suppress(OSError):
                         if os.lstat(p).st_mtime < cutoff:
-                            os.unlink(p)
-                            removed += 1
+                            old[p] = "" if name.startswith(".tmp-") else name.rsplit("-", 1)[0]
+        keys = sorted({k for k in old.values() if k})
+        known: set[str] = set()
+        for i in range(0, len(keys), GET_BATCH):
+            batch = keys[i : i + GET_BATCH]
+            marks = ",".join("?" * len(batch))
+            with self._lock:
+                known.update(
+                    r[0]
+                    for r in self._read_db.execute(
+                        f"SELECT file FROM entries WHERE key IN ({marks}) AND file", batch
+                    )
+                )
+        removed = 0
+        for p in old:
+            if os.path.basename(p) not in known:
+                with contextlib.suppress(OSError):
+                    os.unlink(p)
+                    removed += 1
         return removed
 
     def close(self) -> None:
