@@ -132,8 +132,33 @@ def test_store_get_many_spans_batches_misses_and_damage(tmp_path):
     assert got == want
     assert c.stats.hits == len(want) and c.stats.misses == len(absent) + 1
     assert c.stats.corrupt == 1 and c.get(big[1][0]) is None  # dropped, refetched next time
+    assert c._touched == {}  # all were stored within the minute: no row is rewritten
+    c.touch_min = 0
+    assert c.get_many(ask) == want
     assert set(c._touched) == set(want)
     assert c.get_many([]) == {}
+    c.close()
+
+
+def test_store_touches_an_entry_once_a_minute(tmp_path, monkeypatch):
+    """A read records the access time only when the recorded one is over TOUCH_MIN_SECONDS
+    old, and the flush writes it: the eviction order is kept to the minute."""
+    from lindifuse.cache import disk
+
+    c = DiskCache(str(tmp_path), 10 * 2**20, inline_max=1000)
+    items = _items(2, 100)
+    (k, _, data), (k2, _, _) = items
+    c.put_many(items)
+    assert c.get(k) == data and c._touched == {}
+    later = time.time() + disk.TOUCH_MIN_SECONDS + 5
+    monkeypatch.setattr(disk.time, "time", lambda: later)
+    assert c.get(k) == data
+    assert c._touched == {k: later}
+    c.flush_touched(force=True)
+    with c._lock:
+        rows = dict(c._read_db.execute("SELECT key, atime FROM entries"))
+    assert rows[k] == later and rows[k2] < later - disk.TOUCH_MIN_SECONDS
+    assert c.get(k) == data and c._touched == {}  # just touched: not again
     c.close()
 
 
@@ -175,6 +200,7 @@ def _only_file(c: DiskCache, key: str) -> str:
 
 def test_store_evicts_least_recently_used(tmp_path):
     c = DiskCache(str(tmp_path), 10_000, inline_max=100)
+    c.touch_min = 0  # every read counts (by default, to the minute: the next test)
     items = _items(5, 1000)
     c.put_many(items[:5])
     for k, _, _ in items[:2]:

@@ -25,7 +25,8 @@ Rules that make it safe:
   row is committed, and each writer's file names are unique, so two processes writing the same
   key never write into one file; a file is unlinked only after the row naming it is gone.
 - The index row ``meta.total`` (kept by triggers) is the sum of entry sizes; whoever inserts
-  evicts the least recently used entries (``atime``, updated in batches) down to 90% of the
+  evicts the least recently used entries (``atime``, updated in batches, and only when the
+  recorded one is over a minute old) down to 90% of the
   *smallest* ``max_bytes`` among the processes using the directory, in the same transaction:
   each one registers its bound in the ``limits`` table while it has the directory open (rows of
   processes that died without closing are ignored: their PID is gone on this host, or, from
@@ -73,6 +74,10 @@ GET_BATCH = 500  # keys per SELECT in get_many (SQLite allows 32,766 parameters)
 DEFAULT_MAX = 10 * 2**30
 EVICT_TO = 0.9  # evict down to this fraction of max_bytes
 ATIME_FLUSH_SECONDS = 2.0
+# An entry read again within this many seconds of its last recorded access is not touched
+# again: the eviction order is kept to the minute (as relatime keeps a file's atime), and a
+# re-read of many small entries does not rewrite every row (one page write each).
+TOUCH_MIN_SECONDS = 60.0
 WRITE_BEHIND_QUIET = 0.1  # seconds without new entries before queued ones are written
 ORPHAN_AGE = 3600.0  # content files with no row and older than this are deleted on open
 LIMIT_STALE = 24 * 3600.0  # a bound registered from another host counts this long after a write
@@ -196,6 +201,7 @@ class DiskCache:
         os.makedirs(self.data_dir, exist_ok=True)
         self._lock = threading.Lock()  # guards the read connection and the atime batch
         self._touched: dict[str, float] = {}
+        self.touch_min = TOUCH_MIN_SECONDS  # see TOUCH_MIN_SECONDS
         self._last_touch_flush = time.monotonic()
         self._read_db = self._connect()
         self._write_db = self._connect()
@@ -302,28 +308,33 @@ class DiskCache:
             return {}
         keys = list(keys)
         out: dict[str, bytes] = {}
+        touch: list[str] = []
+        now = time.time()
+        stale = now - self.touch_min
         for i in range(0, len(keys), GET_BATCH):
             batch = keys[i : i + GET_BATCH]
             marks = ",".join("?" * len(batch))
             try:
                 with self._lock:
                     rows = self._read_db.execute(
-                        f"SELECT key, size, crc, file, data FROM entries WHERE key IN ({marks})",
+                        f"SELECT key, size, crc, file, data, atime FROM entries "
+                        f"WHERE key IN ({marks})",
                         batch,
                     ).fetchall()
             except sqlite3.Error as e:
                 self._fail(e)
                 return out
-            for key, size, crc, fname, data in rows:
+            for key, size, crc, fname, data, atime in rows:
                 got = self._checked(key, size, crc, fname, data)
                 if got is not None:
                     out[key] = got
+                    if atime < stale:
+                        touch.append(key)
         self.stats.hits += len(out)
         self.stats.misses += len(keys) - len(out)
-        if out:
-            now = time.time()
+        if touch:
             with self._lock:
-                self._touched.update(dict.fromkeys(out, now))
+                self._touched.update(dict.fromkeys(touch, now))
         return out
 
     def entry_keys(self) -> list[str]:
