@@ -138,10 +138,17 @@ def part_local(a: argparse.Namespace, ab: AB, got: Got) -> None:
             print(f"rep {rep + 1} {mode} local 4 threads: {mbs:.0f} MB/s", flush=True)
 
 
-def part_remote(a: argparse.Namespace, ab: AB, got: Got) -> None:
+def _zarr2_python(part: str) -> str | None:
+    """lindi's interpreter (zarr 2), or None and a line saying ``part`` is skipped."""
     lindi_py = B.lindi_python()
     if not lindi_py:
-        print("remote: no .venv-lindi (zarr 2): skipped", file=sys.stderr)
+        print(f"{part}: no .venv-lindi (zarr 2): skipped", file=sys.stderr)
+    return lindi_py
+
+
+def part_remote(a: argparse.Namespace, ab: AB, got: Got) -> None:
+    lindi_py = _zarr2_python("remote")
+    if not lindi_py:
         return
     www = WORK / "www"
     www.mkdir(parents=True, exist_ok=True)
@@ -172,9 +179,8 @@ def part_remote(a: argparse.Namespace, ab: AB, got: Got) -> None:
 
 
 def part_write(a: argparse.Namespace, ab: AB, got: Got) -> None:
-    lindi_py = B.lindi_python()
+    lindi_py = _zarr2_python("write")
     if not lindi_py:
-        print("write: no .venv-lindi (zarr 2): skipped", file=sys.stderr)
         return
     arc = WORK / "write.lindi.tar"
     for rep in range(a.reps):

@@ -231,22 +231,18 @@ def part_local(a: argparse.Namespace, rep: B.Report) -> None:
             f"local, {work}: lindifuse at {li / fl:.2f}x of the floor ({li:,.0f} / {fl:,.0f} MB/s)"
         )
     raw4 = B.median(got["raw pread of the tar, 4 thread(s)|MB/s"])
-    for who in ("lindifuse", "floor"):
-        m4 = B.median(got[f"{who}: 4 threads|MB/s"])
-        rep.aim(
-            f"[{who}] local 4 threads >= 0.6x raw 4-thread pread",
-            f"{m4 / raw4:.2f}x",
-            m4 / raw4 >= 0.6,
-        )
+    _aims_against(rep, got, raw4, "4 threads", "local 4 threads >= 0.6x raw 4-thread pread", 0.6)
     if lindi_py:
         z = B.median(got["zarr 2 on the same chunks as plain local files|MB/s"])
-        for who in ("lindifuse", "floor"):
-            m1 = B.median(got[f"{who}: zarr 2 DirectoryStore|MB/s"])
-            rep.aim(
-                f"[{who}] local zarr 2 reader >= 0.8x zarr 2 on plain files",
-                f"{m1 / z:.2f}x",
-                m1 / z >= 0.8,
-            )
+        what = "local zarr 2 reader >= 0.8x zarr 2 on plain files"
+        _aims_against(rep, got, z, "zarr 2 DirectoryStore", what, 0.8)
+
+
+def _aims_against(rep: B.Report, got: Got, ref: float, work: str, what: str, at_least: float):
+    """The aim ``what`` (MB/s of ``work`` >= ``at_least`` x ``ref``) for lindifuse and the floor."""
+    for who in ("lindifuse", "floor"):
+        x = B.median(got[f"{who}: {work}|MB/s"]) / ref
+        rep.aim(f"[{who}] {what}", f"{x:.2f}x", x >= at_least)
 
 
 def part_remote(a: argparse.Namespace, rep: B.Report) -> None:
