@@ -1,6 +1,6 @@
 """The floor: a pyfuse3 file system with no logic at all, on the same pyfuse3 build as lindifuse.
 
-    .venv/bin/python benchmarks/_floorfs.py SPEC.json MOUNTPOINT [--memory] [--stock]
+    .venv/bin/python benchmarks/_floorfs.py SPEC.json MOUNTPOINT [--memory] [--stock] [--writable]
 
 It serves the keys of a ``.lindi.tar`` made by ``_gen.build_array_tar`` (SPEC.json: the tar's
 path, key -> [absolute offset, size] of every chunk, key -> text of every metadata file) as a
@@ -8,7 +8,9 @@ read-only tree, with what lindifuse itself asks of the kernel: entries and attri
 300 s, OPEN/OPENDIR answered ENOSYS (the patched build: no OPEN/RELEASE at all), request bursts
 of 16, the kernel's read-ahead raised as lindifuse raises it. A READ is one ``os.pread`` of the
 tar (or, with ``--memory``, a slice of bytes loaded at start: a warm cache that costs nothing).
-``--stock`` leaves the patched features off.
+``--stock`` leaves the patched features off. ``--writable`` also takes new files, writes,
+renames, directories and removals, kept in memory (as lindifuse's writable mounts do, it keeps
+OPEN and RELEASE: they carry the file handles of writes).
 
 Nothing here is lindifuse's: every request costs only pyfuse3's dispatch, trio and the kernel
 round trip. ``bench_floor.py`` runs lindifuse beside it on the same workloads, so the difference
@@ -37,13 +39,14 @@ TIMEOUT = 300.0
 
 
 class FloorOps(pyfuse3.Operations):
-    def __init__(self, spec: dict, memory: bool, patched: bool) -> None:
+    def __init__(self, spec: dict, memory: bool, patched: bool, writable: bool = False) -> None:
         super().__init__()
         self.patched = patched
-        self.fd = os.open(spec["tar"], os.O_RDONLY)
+        self.writable = writable
+        self.fd = os.open(spec["tar"], os.O_RDONLY) if spec.get("tar") else -1
         # inode -> (name -> child inode) for directories; inode -> (offset, size) or bytes
         self.dirs: dict[int, dict[str, int]] = {ROOT: {}}
-        self.files: dict[int, tuple[int, int] | bytes] = {}
+        self.files: dict[int, tuple[int, int] | bytes | bytearray] = {}
         self.parent: dict[int, int] = {ROOT: ROOT}
         nxt = ROOT + 1
 
@@ -72,6 +75,7 @@ class FloorOps(pyfuse3.Operations):
         for key, text in spec["inline"].items():
             ino, _ = place(key)
             self.files[ino] = text.encode()
+        self.next_inode = nxt
 
     def init(self) -> None:
         if self.patched and hasattr(pyfuse3, "set_request_burst"):
@@ -90,7 +94,7 @@ class FloorOps(pyfuse3.Operations):
             f = self.files[ino]
             a.st_mode = stat.S_IFREG | 0o444
             a.st_nlink = 1
-            a.st_size = len(f) if isinstance(f, bytes) else f[1]
+            a.st_size = f[1] if isinstance(f, tuple) else len(f)
         a.st_blksize = 2**20
         a.st_blocks = (a.st_size + 511) // 512
         return a
@@ -110,7 +114,7 @@ class FloorOps(pyfuse3.Operations):
         return self._attrs(ino)
 
     async def opendir(self, inode: int, ctx):
-        if self.patched:
+        if self.patched and not self.writable:
             raise pyfuse3.FUSEError(errno.ENOSYS)
         return inode
 
@@ -125,13 +129,13 @@ class FloorOps(pyfuse3.Operations):
         return None
 
     async def open(self, inode: int, flags: int, ctx) -> pyfuse3.FileInfo:
-        if self.patched:
+        if self.patched and not self.writable:
             raise pyfuse3.FUSEError(errno.ENOSYS)
         return pyfuse3.FileInfo(fh=inode, keep_cache=True)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         f = self.files[fh]
-        if isinstance(f, bytes):
+        if not isinstance(f, tuple):
             return f[off : off + size]
         base, length = f
         if off >= length:
@@ -139,6 +143,63 @@ class FloorOps(pyfuse3.Operations):
         return os.pread(self.fd, min(size, length - off), base + off)
 
     async def release(self, fh: int) -> None:
+        return None
+
+    # -- writable (--writable): everything in memory --------------------------------------------
+
+    def _new(self, parent: int, name: bytes, is_dir: bool) -> int:
+        ino = self.next_inode
+        self.next_inode += 1
+        if is_dir:
+            self.dirs[ino] = {}
+        else:
+            self.files[ino] = bytearray()
+        self.dirs[parent][os.fsdecode(name)] = ino
+        self.parent[ino] = parent
+        return ino
+
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx):
+        ino = self._new(parent_inode, name, False)
+        return pyfuse3.FileInfo(fh=ino), self._attrs(ino)
+
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx):
+        return self._attrs(self._new(parent_inode, name, True))
+
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        f = self.files[fh]
+        if not isinstance(f, bytearray):
+            f = self.files[fh] = bytearray(f if isinstance(f, bytes) else b"")
+        if off > len(f):
+            f.extend(bytes(off - len(f)))
+        f[off : off + len(buf)] = buf
+        return len(buf)
+
+    async def rename(self, parent_old: int, name_old: bytes, parent_new: int, name_new: bytes,
+                     flags: int, ctx) -> None:  # fmt: skip
+        ino = self.dirs[parent_old].pop(os.fsdecode(name_old))
+        self.dirs[parent_new][os.fsdecode(name_new)] = ino
+        self.parent[ino] = parent_new
+
+    async def unlink(self, parent_inode: int, name: bytes, ctx) -> None:
+        ino = self.dirs[parent_inode].pop(os.fsdecode(name))
+        self.files.pop(ino, None)
+
+    async def setattr(self, inode: int, attr, fields, fh, ctx) -> pyfuse3.EntryAttributes:
+        if fields.update_size:
+            f = self.files[inode]
+            data = bytearray(f if not isinstance(f, tuple) else os.pread(self.fd, f[1], f[0]))
+            del data[attr.st_size :]
+            data.extend(bytes(attr.st_size - len(data)))
+            self.files[inode] = data
+        return self._attrs(inode)
+
+    async def getxattr(self, inode: int, name: bytes, ctx) -> bytes:
+        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+
+    async def flush(self, fh: int) -> None:
+        return None
+
+    async def fsync(self, fh: int, datasync: bool) -> None:
         return None
 
 
@@ -168,15 +229,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("mountpoint")
     p.add_argument("--memory", action="store_true", help="serve reads from bytes in memory")
     p.add_argument("--stock", action="store_true", help="no ENOSYS open, no request bursts")
+    p.add_argument("--writable", action="store_true", help="take writes (kept in memory)")
     p.add_argument("--pid-file")
     a = p.parse_args(argv)
     spec = json.loads(Path(a.spec).read_text())
     patched = bool(getattr(pyfuse3, "NOOPEN_PASSES_INODE", False)) and not a.stock
-    ops = FloorOps(spec, a.memory, patched)
+    ops = FloorOps(spec, a.memory, patched, a.writable)
     gc.freeze()  # as lindifuse does after loading: later collections skip the tables
     opts = set(pyfuse3.default_options)
     opts.discard("default_permissions")
-    opts |= {"fsname=floorfs", "subtype=floorfs", "default_permissions", "ro"}
+    opts |= {"fsname=floorfs", "subtype=floorfs", "default_permissions"}
+    if not a.writable:
+        opts.add("ro")
     pyfuse3.init(ops, a.mountpoint, opts)
     if a.pid_file:
         Path(a.pid_file).write_text(f"{os.getpid()}\n")

@@ -22,6 +22,11 @@ remote  the same array over loopback HTTP (20 ms per request), one sequential re
         ``cat``): lindifuse cold (fresh mount, empty cache, page cache dropped) against raw
         range GETs with 8 threads, and the floor serving the same chunks from memory (a source
         that costs nothing: no network at all). Seconds and daemon CPU-s.
+write   one zarr 2 writer of the same array (256 MiB in 1 MiB chunks): into a local directory
+        + ``sync``, into the floor (``--writable``: files kept in memory) + ``fusermount3 -u``,
+        and into a new ``.lindi.tar`` through lindifuse + ``lindifuse umount`` (which commits).
+        Seconds from the writer's start until the unmount (or sync) returns, as bench_seq.py's
+        write part.
 
 Each rep runs every mount once, the order rotated every rep. Results go to RESULTS.md between
 ``<!-- bench_floor:start -->`` and ``<!-- bench_floor:end -->``.
@@ -47,6 +52,7 @@ import _benchlib as B  # noqa: E402
 import _gen  # noqa: E402
 from bench_seq import (  # noqa: E402
     ZARR2_READ,
+    ZARR2_WRITE,
     cat_files,
     cpu_seconds,
     raw_gets,
@@ -57,7 +63,7 @@ from bench_seq import (  # noqa: E402
 
 WORK = B.WORK / "floor"
 MiB = 2**20
-PARTS = ("small", "local", "remote")
+PARTS = ("small", "local", "remote", "write")
 Got = dict[str, list[float]]
 
 
@@ -75,7 +81,7 @@ def spec_of(t: _gen.ArrayTar, where: Path) -> Path:
 
 
 @contextlib.contextmanager
-def floor_mount(spec: Path, mnt: Path, memory: bool) -> Iterator[B.Mount]:
+def floor_mount(spec: Path, mnt: Path, memory: bool, writable: bool = False) -> Iterator[B.Mount]:
     """Start ``_floorfs.py`` on ``mnt``; always unmount and end it by its PID."""
     mnt.mkdir(parents=True, exist_ok=True)
     if B.is_mounted(mnt):
@@ -84,6 +90,7 @@ def floor_mount(spec: Path, mnt: Path, memory: bool) -> Iterator[B.Mount]:
     pid_file.unlink(missing_ok=True)
     cmd = [sys.executable, str(B.BENCH_DIR / "_floorfs.py"), str(spec), str(mnt)]
     cmd += ["--pid-file", str(pid_file), *(["--memory"] if memory else [])]
+    cmd += ["--writable"] if writable else []
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     try:
         t0 = time.perf_counter()
@@ -238,6 +245,70 @@ def part_local(a: argparse.Namespace, rep: B.Report) -> None:
         _aims_against(rep, got, z, "zarr 2 DirectoryStore", what, 0.8)
 
 
+def part_write(a: argparse.Namespace, rep: B.Report) -> None:
+    lindi_py = B.lindi_python()
+    if not lindi_py:
+        rep.note("write: no .venv-lindi (zarr 2): skipped")
+        return
+    nbytes = a.mib * MiB
+    spec = WORK / "empty.json"
+    spec.write_text(json.dumps({"tar": None, "files": {}, "inline": {}}))
+    mnt, logf, arc, local = WORK / "mnt", WORK / "mount.log", WORK / "w.lindi.tar", WORK / "w.zarr"
+    got: Got = {}
+
+    def write(path: Path) -> None:
+        snippet(ZARR2_WRITE, lindi_py, path=str(path / "x"), nbytes=str(nbytes))
+
+    for r in range(a.reps):
+        print(f"write, rep {r + 1}", flush=True)
+        order = ["local", "floor", "lindifuse"]
+        for who in order[r % 3 :] + order[: r % 3]:
+            os.sync()
+            if who == "local":
+                shutil.rmtree(local, ignore_errors=True)
+                local.mkdir()
+                t0 = time.perf_counter()
+                write(local)
+                os.sync()
+                secs = time.perf_counter() - t0
+                shutil.rmtree(local, ignore_errors=True)
+                got.setdefault("local directory + sync|s", []).append(secs)
+            elif who == "floor":
+                with floor_mount(spec, mnt, False, writable=True) as m:
+                    t0 = time.perf_counter()
+                    c0 = cpu_seconds(m.pid)
+                    write(m.path)
+                    cpu = cpu_seconds(m.pid) - c0
+                    subprocess.run(["fusermount3", "-u", str(m.path)], check=True)
+                    secs = time.perf_counter() - t0
+                got.setdefault("floor (in memory) + fusermount3 -u|s", []).append(secs)
+                got.setdefault("floor (in memory) + fusermount3 -u|daemon CPU-s", []).append(cpu)
+            else:
+                arc.unlink(missing_ok=True)
+                subprocess.run([*B.lindifuse_cmd(), "create", str(arc)], check=True,
+                               capture_output=True)  # fmt: skip
+                os.sync()
+                with B.lindifuse_mount(arc, mnt, log_file=logf, read_only=False) as m:
+                    t0 = time.perf_counter()
+                    c0 = cpu_seconds(m.pid)
+                    write(m.path)
+                    cpu = cpu_seconds(m.pid) - c0
+                    m.umount()
+                    secs = time.perf_counter() - t0
+                arc.unlink(missing_ok=True)
+                got.setdefault("lindifuse .lindi.tar + lindifuse umount|s", []).append(secs)
+                got.setdefault("lindifuse .lindi.tar + lindifuse umount|daemon CPU-s", []).append(
+                    cpu
+                )
+            print(f"  {who}: {secs:.2f} s", flush=True)
+    _publish(rep, got, f"zarr 2 writes {a.mib} MiB in 1 MiB chunks", a.reps)
+    ref = B.median(got["local directory + sync|s"])
+    for who, key in (("lindifuse", "lindifuse .lindi.tar + lindifuse umount"),
+                     ("floor", "floor (in memory) + fusermount3 -u")):  # fmt: skip
+        x = ref / B.median(got[f"{key}|s"])
+        rep.aim(f"[{who}] write >= 0.6x local + sync", f"{x:.2f}x", x >= 0.6)
+
+
 def _aims_against(rep: B.Report, got: Got, ref: float, work: str, what: str, at_least: float):
     """The aim ``what`` (MB/s of ``work`` >= ``at_least`` x ``ref``) for lindifuse and the floor."""
     for who in ("lindifuse", "floor"):
@@ -359,6 +430,8 @@ def main(argv: list[str] | None = None) -> int:
         part_local(a, rep)
     if "remote" in parts:
         part_remote(a, rep)
+    if "write" in parts:
+        part_write(a, rep)
     rep.note(f"load average before / after: {load0} / {B.loadavg()} (a shared machine)")
     rep.publish(
         "bench_floor",
