@@ -70,11 +70,7 @@ class LocalFiles:
     async def read(self, path: str, offset: int, size: int) -> bytes:
         if size == 0:
             return b""
-        data = (
-            self.pread_cached(path, offset, size)
-            if size <= int(os.environ.get("LINDIFUSE_EXP_NOWAIT_MAX", 1 << 62))
-            else None
-        )
+        data = self.pread_cached(path, offset, size)
         if data is not None:
             self.nowait_hits += 1
             return data

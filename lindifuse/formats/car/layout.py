@@ -36,6 +36,9 @@ MAX_DEPTH = 256
 # A (sub-)map of more entries than this is left unwalked by a lazy ``build_tree``: its
 # directory is filled on first use (``LazyMap.expand``), so a mount creates nothing per chunk.
 LAZY_MIN = 1024
+# A DAG-CBOR link's payload that names another DAG-CBOR block (identity prefix 0x00, CIDv1,
+# codec dag-cbor): a sub-map, followed as a directory.
+SUBMAP_LINK = bytes((0x00, 0x01, DAG_CBOR))
 
 
 class CarFile:
@@ -114,7 +117,7 @@ class LazyMap:
                     tv is tag
                     and value.tag == dagcbor.LINK_TAG
                     and type(value.value) is bytes
-                    and value.value.startswith(b"\x00\x01\x71")
+                    and value.value.startswith(SUBMAP_LINK)
                 ):
                     n += _good_name(name)
             self._subdirs = n
@@ -212,7 +215,7 @@ def _bulk_links(
     joined = "/".join(names)
     if joined.count("/") != len(names) - 1 or "\0" in joined:
         return None
-    if any(map(bytes.startswith, payloads, repeat(b"\x00\x01\x71"))):  # a sub-map link
+    if any(map(bytes.startswith, payloads, repeat(SUBMAP_LINK))):
         return None
     keys = list(map((prefix + "/").__add__, names)) if prefix else list(names)
     return names, keys, payloads
@@ -251,7 +254,7 @@ async def _walk_map(
             entries.update(zip(run_keys, map(CarFile, repeat(None), links), strict=True))
             items = [(n, mapping[n]) for n in INLINE_JSON if n in mapping]  # done below
     for name, value in items:
-        if type(name) is not str or not name or "/" in name or "\0" in name or name in (".", ".."):
+        if not _good_name(name):
             tree.problems.append(f"{prefix or '/'}: bad name {name!r} left out")
             continue
         key = f"{prefix}/{name}" if prefix else name
@@ -262,7 +265,7 @@ async def _walk_map(
             except ValueError as e:
                 tree.problems.append(f"{key}: {e}; left out")
                 continue
-            if payload.startswith(b"\x00\x01\x71"):  # CIDv1, dag-cbor: a sub-map
+            if payload.startswith(SUBMAP_LINK):
                 await _sub_map(tree, payload[1:], key, get, seen)
                 continue
             entries[key] = CarFile(None, payload)  # a map's keys are unique: no clash

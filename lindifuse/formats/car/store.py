@@ -35,20 +35,15 @@ class CarBlocks:
     async def extent(self, cid: Cid) -> tuple[int, int]:
         """(start, size) of the section to fetch for ``cid``; MissingBlock if absent. While
         the archive is still being scanned, waits for the scan to reach the block (or end)."""
-        loc = self.table.get(cid.mh)
+        loc = await self.table.locate(cid.mh)
         if loc is None:
-            loc = await self.table.locate(cid.mh)
-            if loc is None:
-                raise MissingBlock(f"block {cid} is not in {self.where}")
+            raise MissingBlock(f"block {cid} is not in {self.where}")
         return loc[0], loc[1] - loc[0]
 
     async def data_size(self, cid: Cid) -> int | None:
         """``BlockTable.data_size`` of a block, waiting for a scan under way to reach it."""
-        table = self.table
-        loc = table.get(cid.mh)
-        if loc is None:
-            loc = await table.locate(cid.mh)
-        return None if loc is None else table.data_size(cid.raw, cid.mh, loc)
+        loc = await self.table.locate(cid.mh)
+        return None if loc is None else self.table.data_size(cid.raw, cid.mh, loc)
 
     async def get(self, cid: Cid) -> bytes:
         if cid.code == verify.IDENTITY:
