@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import random
 import string
+import threading
 from typing import Any, Protocol, runtime_checkable
 
 import orjson
@@ -64,6 +65,112 @@ def pread_exact(fd: int, size: int, offset: int) -> bytes:
         size -= len(b)
         offset += len(b)
     return b"".join(parts)
+
+
+WRITEBACK_STEP = 8 << 20
+"""Bytes appended to an archive between two :func:`start_writeback` calls."""
+_PAGE = 4096
+_SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>
+_sync_file_range: Any = None  # libc's sync_file_range once looked up; False when unavailable
+
+
+def start_writeback(fd: int, offset: int, length: int) -> bool:
+    """Start writing ``length`` bytes of ``fd`` at ``offset`` to disk, without waiting for it.
+
+    ``sync_file_range(SYNC_FILE_RANGE_WRITE)`` (Linux; through libc, as ``os`` has no wrapper).
+    Why: a 256 MiB write stays far below the kernel's dirty thresholds, so without this every
+    appended page is first written at the commit's ``fsync`` (about 0.15 s of a 0.2 s
+    ``lindifuse umount`` after a zarr write, measured); started as the data arrives, that
+    fsync mostly finds clean pages. It only starts writeback: it makes nothing durable (no
+    metadata, no cache flush), so every commit still fsyncs exactly as before. It may wait for
+    the device's request queue, so call it from a worker thread, never the event loop's.
+    Returns False, silently, where the call is unavailable (not Linux, not glibc) or fails.
+    """
+    global _sync_file_range
+    if _sync_file_range is None:
+        try:
+            import ctypes
+
+            f = ctypes.CDLL(None, use_errno=True).sync_file_range
+            f.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+            f.restype = ctypes.c_int
+            _sync_file_range = f
+        except (OSError, AttributeError, ImportError):
+            _sync_file_range = False
+    if not _sync_file_range or length <= 0:
+        return False
+    return _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE) == 0
+
+
+def writeback_range(start: int, end: int) -> tuple[int, int]:
+    """``(offset, length)`` of the whole pages of ``[start, end)``, the page holding ``end``
+    left out: an archive's next append rewrites it (its trailer becomes a header), and a page
+    rewritten while under writeback would only be written twice."""
+    first = start - start % _PAGE
+    last = end - end % _PAGE
+    return first, max(0, last - first)
+
+
+class Writeback:
+    """Starts writeback (:func:`start_writeback`) of ranges of one file in a thread of its own.
+
+    Why a thread: the call does the writeback's submission work (block allocation, building the
+    requests) in the caller's context and may wait for the device's queue; done in the thread
+    that appends, it would hold up the next append (and the FUSE writer's lock) for as long.
+    Ranges requested while the thread is busy are merged into one. :meth:`close` waits for the
+    thread, so the file descriptor is never used after the caller closes it.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._cond = threading.Condition()
+        self._todo: tuple[int, int] | None = None  # [start, end) not yet handed to the kernel
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def request(self, offset: int, length: int) -> None:
+        """Queue ``[offset, offset + length)``; returns at once."""
+        if length <= 0:
+            return
+        with self._cond:
+            if self._closed:
+                return
+            if self._todo is None:
+                self._todo = (offset, offset + length)
+            else:
+                lo, hi = self._todo
+                self._todo = (min(lo, offset), max(hi, offset + length))
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="lindifuse-writeback", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._todo is None and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                assert self._todo is not None
+                lo, hi = self._todo
+                self._todo = None
+            if not start_writeback(self._fd, lo, hi - lo):
+                with self._cond:
+                    self._closed = True  # unavailable: stop asking
+                return
+
+    def close(self) -> None:
+        """Drop what is queued and wait for the thread (a call in progress finishes first)."""
+        with self._cond:
+            self._closed = True
+            self._todo = None
+            self._cond.notify()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
 
 
 def fsync_dir(path: str) -> None:

@@ -38,7 +38,9 @@ from lindifuse.archive.base import (
     COPY_CHUNK,
     MAX_SPARES,
     SPARE_KEY,
+    WRITEBACK_STEP,
     Data,
+    Writeback,
     check_blob_name,
     data_size,
     load_rfs,
@@ -46,6 +48,7 @@ from lindifuse.archive.base import (
     pwrite_all,
     referenced_members,
     trash_name,
+    writeback_range,
 )
 from lindifuse.errors import FormatError, SourceError
 from lindifuse.formats import tarfmt
@@ -384,7 +387,28 @@ class TarArchive:
             raise
         pwrite_all(fd, headers, o)
         self.end = m.end
+        self._start_writeback(o)
         return m
+
+    _writeback_from = -1
+    """Offset from which appended bytes have not been handed to :attr:`_writeback` (-1:
+    nothing appended yet by this open)."""
+    _writeback: Writeback | None = None
+    """Started on the first ``WRITEBACK_STEP`` bytes appended."""
+
+    def _start_writeback(self, appended_at: int) -> None:
+        """Every ``WRITEBACK_STEP`` appended bytes, start their writeback (not durable: the
+        commit still fsyncs), so that the commit's fsync finds them mostly written.
+        ``appended_at``: where the member just appended starts."""
+        if self._writeback_from < 0:
+            self._writeback_from = appended_at
+        if self.end - self._writeback_from < WRITEBACK_STEP:
+            return
+        off, n = writeback_range(self._writeback_from, self.end)
+        if self._writeback is None:
+            self._writeback = Writeback(self._fd)
+        self._writeback.request(off, n)
+        self._writeback_from = off + n
 
     def append_blob(self, name: str, data: Data) -> Member:
         """Append ``data`` (bytes or a local file path) as member ``name`` or ``name.vN``.
@@ -481,6 +505,9 @@ class TarArchive:
 
     def close(self) -> None:
         """Close the file and release the write lock. Does not commit."""
+        if self._writeback is not None:
+            self._writeback.close()
+            self._writeback = None
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
