@@ -311,6 +311,20 @@ def test_tree_from_any_keys(raw_keys):
         assert node.children is None or k in tree.conflicts
 
 
+@given(st.lists(weird_keys, max_size=30), st.integers(1, 4))
+def test_lazy_tree_from_any_keys_is_the_tree_from_keys(raw_keys, min_files):
+    ks = list(dict.fromkeys(k for k in (normalize_key(k) for k in raw_keys) if k is not None))
+    want = Tree.from_keys(ks)
+    tree = Tree.from_keys_lazy(ks, min_files=min_files)
+    assert sorted(tree.conflicts) == sorted(want.conflicts)
+    assert tree.nfiles + tree.npending == want.nfiles
+    tree.fill_all()
+    _recount(tree)
+    assert {n.key: n.is_dir for n in tree.nodes.values()} == {
+        n.key: n.is_dir for n in want.nodes.values()
+    }
+
+
 ops = st.lists(
     st.tuples(
         st.sampled_from(["file", "dir", "rm", "mv"]),

@@ -189,3 +189,50 @@ def test_from_runs_builds_what_from_keys_builds():
     # one run of new names takes the bulk path: inodes follow the run's order
     t = Tree.from_runs([("", [".zgroup"], [".zgroup"]), ("data", ["0", "1"], ["data/0", "data/1"])])
     assert [t.by_key(k).inode for k in (".zgroup", "data", "data/0", "data/1")] == [2, 3, 4, 5]
+
+
+def test_from_keys_lazy_leaves_large_directories_for_their_first_use():
+    chunks = [f"acquisition/ts/data/{i}" for i in range(50)]
+    t = Tree.from_keys_lazy(KEYS + chunks, min_files=10)
+    data = t.by_key("acquisition/ts/data")
+    assert data.is_dir and data.children == {}  # not made yet
+    assert t.pending == {data.inode: ["acquisition/ts/data/.zarray", "acquisition/ts/data/0.0",
+                                      "acquisition/ts/data/0.1", *chunks]}  # fmt: skip
+    assert t.nfiles == len(KEYS) - 3 and t.npending == 53
+    assert t.nlink(data) == 2 and t.ndirs == 8  # every directory exists at once
+    assert t.lookup(t.by_key("acquisition/ts"), "data") is data
+    # by_key fills the directory of the key it is asked for; fill makes its files once
+    assert t.by_key("acquisition/ts/data/7").key == "acquisition/ts/data/7"
+    assert not t.pending and t.npending == 0 and t.nfiles == len(KEYS) + 50
+    assert len(data.children) == 53 and t.fill(data) == 0
+    inodes = {n.key: n.inode for n in t.nodes.values()}
+    assert len(set(inodes.values())) == len(inodes)
+
+
+def test_from_keys_lazy_builds_what_from_keys_builds():
+    chunks = [f"acquisition/ts/data/{i}" for i in range(50)]
+    cases = [
+        KEYS,
+        KEYS + chunks,
+        KEYS + chunks + ["acquisition/ts/data/sub/x"],  # a lazy directory with a subdirectory
+        ["a", "a/b", "c/d"],  # a file key that is also a directory, both orders
+        ["a/b", "a", "c/d"],
+        ["x/y", "x/y/z/w"],
+        ["a/b", "a/b", "a/c"],
+        ["d/0", "d/1", "e/0", "d/2", "d/1", "d/0/x"],  # a name of a large directory is a subdir
+    ]
+    for keys in cases:
+        for min_files in (1, 2, 3, 1000):
+            want = Tree.from_keys(keys)
+            got = Tree.from_keys_lazy(keys, min_files=min_files)
+            assert sorted(got.conflicts) == sorted(want.conflicts), (keys, min_files)
+            if len(set(keys)) == len(keys):  # npending counts keys (distinct in a dict)
+                assert got.nfiles + got.npending == want.nfiles, (keys, min_files)
+            got.fill_all()
+            assert files_and_dirs(got) == files_and_dirs(want), (keys, min_files)
+            assert (got.nfiles, got.ndirs) == (want.nfiles, want.ndirs), (keys, min_files)
+            assert sorted(got.conflicts) == sorted(want.conflicts), (keys, min_files)
+            for node in got.nodes.values():
+                if node.parent is not None:
+                    assert node.parent.children[node.name] is node
+                    assert got.by_key(node.key) is node

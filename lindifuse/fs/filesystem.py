@@ -70,7 +70,12 @@ class FileSystem:
         t0 = time.monotonic()
         if tree is None:
             runs = container.key_runs
-            tree = Tree.from_keys(container.rset.refs) if runs is None else Tree.from_runs(runs)
+            if runs is not None:
+                tree = Tree.from_runs(runs)
+            elif read_only:  # a tree that never changes: large directories filled on first use
+                tree = Tree.from_keys_lazy(container.rset.refs)
+            else:
+                tree = Tree.from_keys(container.rset.refs)
         self.tree = tree
         # Directories the loader left to fill on first use (a CAR's large maps): inode -> the
         # loader's lazy directory (see ``Container.lazy_dirs``), and those being filled now.
@@ -79,9 +84,9 @@ class FileSystem:
         for lazy in container.lazy_dirs:
             self._add_lazy(lazy)
         later = ""
-        if self._lazy:
-            later = f" (and {self._lazy_entries()} entries of {len(self._lazy)} directories"
-            later += " filled on first use)"
+        if self._lazy or tree.pending:
+            later = f" (and {self._lazy_entries()} entries of"
+            later += f" {len(self._lazy) + len(tree.pending)} directories filled on first use)"
         log.info(
             "tree: %d files, %d directories%s in %.2fs",
             self.tree.nfiles,
@@ -131,7 +136,8 @@ class FileSystem:
                 statvfs_path=folder,
                 stats=self.stats,
             )
-        self.ops.prepare_dir = self.prepare_dir if self.ext_links or self._lazy else None
+        if self.ext_links or self._lazy or self.tree.pending:
+            self.ops.prepare_dir = self.prepare_dir
 
     def _value(self, key: str) -> Any:
         try:
@@ -166,7 +172,8 @@ class FileSystem:
         self._lazy[node.inode] = lazy
 
     def _lazy_entries(self) -> int:
-        return sum(map(len, self._lazy.values()))
+        """Entries not in the tree yet: of the loader's lazy directories, and of the tree's."""
+        return sum(map(len, self._lazy.values())) + self.tree.npending
 
     async def _fill_lazy(self, node: Node) -> None:
         """Fill a directory the loader left for its first use (once; concurrent users wait).
@@ -219,11 +226,30 @@ class FileSystem:
             del self._lazy_filling[node.inode]
             ev.set()
 
+    def _fill_pending(self, node: Node) -> None:
+        """Make the files of a directory the tree left for its first use. As at mount, no
+        collection runs while nodes that live as long as the mount are made; they are frozen
+        after."""
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            t0 = time.monotonic()
+            made = self.tree.fill(node)
+            log.debug(
+                "%s: %d files made on first use in %.3fs", node.key, made, time.monotonic() - t0
+            )
+        finally:
+            if collecting:
+                gc.freeze()
+                gc.enable()
+
     async def prepare_dir(self, node: Node) -> None:
         """Before a directory is used: fill it if the loader left it for its first use; list
         the chunks of an external array link (once)."""
         if self._lazy and node.inode in self._lazy:
             await self._fill_lazy(node)
+        if self.tree.pending and node.inode in self.tree.pending:
+            self._fill_pending(node)
         link = self.ext_links.get(node.inode)
         if link is None:
             return
@@ -280,9 +306,13 @@ class FileSystem:
 
         return BlockFile(read_range, size)
 
+    @property
+    def nkeys(self) -> int:
+        """Files of the mount, counting those not made yet."""
+        return self.tree.nfiles + self._lazy_entries()
+
     def describe(self) -> str:
-        keys = self.tree.nfiles + self._lazy_entries()
-        return f"{self.container.kind}, {keys} keys, {'ro' if self.read_only else 'rw'}"
+        return f"{self.container.kind}, {self.nkeys} keys, {'ro' if self.read_only else 'rw'}"
 
     def stats(self) -> dict[str, Any]:
         h = self.http.stats

@@ -314,7 +314,7 @@ class LindiOperations(pyfuse3.Operations):
         s = pyfuse3.StatvfsData()
         s.f_bsize = s.f_frsize = 4096
         s.f_bfree = s.f_bavail = 0
-        s.f_files = len(self.tree.nodes)
+        s.f_files = len(self.tree.nodes) + self.tree.npending
         s.f_ffree = s.f_favail = 0
         s.f_namemax = 255
         return s

@@ -352,6 +352,7 @@ def apply(tree: Tree, content: ContentService, view: XarrayView) -> None:
 
 async def install(tree: Tree, content: ContentService) -> XarrayView:
     """Build and apply the view; log one line per problem, hidden array and a summary."""
+    tree.fill_all()  # the view reads and edits the whole tree
     view = await build(tree, content)
     apply(tree, content, view)
     for p in view.problems:
