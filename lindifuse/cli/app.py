@@ -3,7 +3,8 @@
 This module assembles the parser from one module per command (``lindifuse.cli.<command>``, each
 with ``add_parser(sub)`` and ``run(args) -> int``), rewrites the helper forms and ``-o`` lists into
 ``mount ...`` and dispatches. Command modules import their layers inside ``run``: building the
-parser must stay cheap, since ``lindifuse mount`` builds all of it.
+parser must stay cheap, since ``lindifuse mount`` builds all of it (any other command named on the
+command line builds only its own: ``lindifuse umount``'s start is part of every unmount).
 
 Every failure the user can cause prints one line, ``lindifuse: <file>: <problem>``, and exits
 non-zero; tracebacks are for bugs only (and go to the log with --log-level DEBUG).
@@ -15,9 +16,12 @@ import argparse
 import os
 import sys
 from importlib import import_module
-from typing import Any
 
 from lindifuse import __version__
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~3 ms of every start)
+if TYPE_CHECKING:
+    from lindifuse.service.mountopts import OptionTable
 
 DESCRIPTION = """\
 Mount a LINDI file (.lindi.json, .lindi.tar or .lindi.d) or an HDF5/NWB file (a local path or
@@ -52,7 +56,10 @@ COMMANDS = ("mount", "umount", "info", "create", "check", "compact", "index", "s
 """The subcommands, in the order ``--help`` lists them; ``lindifuse.cli.<name>`` implements each."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser, or with ``only``, one holding just that command's subparser: what a
+    command line naming its command needs (``lindifuse umount`` then imports no other command's
+    module: its start is part of every unmount's wall time)."""
     parser = argparse.ArgumentParser(
         prog="lindifuse",
         description=DESCRIPTION,
@@ -61,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"lindifuse {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMANDS:
+    for name in COMMANDS if only is None else (only,):
         import_module(f"lindifuse.cli.{name}").add_parser(sub)
     return parser
 
@@ -75,7 +82,7 @@ def command_names(parser: argparse.ArgumentParser) -> tuple[str, ...]:
     return ()
 
 
-def mount_option_table(parser: argparse.ArgumentParser) -> Any:
+def mount_option_table(parser: argparse.ArgumentParser) -> OptionTable:
     """The ``-o`` names of ``lindifuse mount``: one per long option (hidden ones excluded)."""
     from lindifuse.service.mountopts import OptionTable
 
@@ -119,17 +126,22 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     if prog is None:
         prog = os.path.basename(sys.argv[0]) if argv is None else "lindifuse"
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser()
     fake = False
-    from lindifuse.service.mountopts import MountOptionError, expand_argv
+    if not prog.startswith("mount.") and argv and argv[0] in COMMANDS and argv[0] != "mount":
+        # A command other than mount, named (normalize_argv would leave it as it is): build
+        # its parser only, and leave the -o machinery (lindifuse.service.mountopts) unimported.
+        parser = build_parser(only=argv[0])
+    else:
+        parser = build_parser()
+        from lindifuse.service.mountopts import MountOptionError, expand_argv
 
-    try:
-        argv, fake = normalize_argv(argv, prog, command_names(parser))
-        if argv[:1] == ["mount"]:
-            argv = ["mount", *expand_argv(argv[1:], mount_option_table(parser))]
-    except MountOptionError as e:
-        print(f"lindifuse: {e}", file=sys.stderr)
-        return 2
+        try:
+            argv, fake = normalize_argv(argv, prog, command_names(parser))
+            if argv[:1] == ["mount"]:
+                argv = ["mount", *expand_argv(argv[1:], mount_option_table(parser))]
+        except MountOptionError as e:
+            print(f"lindifuse: {e}", file=sys.stderr)
+            return 2
     args = parser.parse_args(argv)
     if fake:  # mount -f: check the arguments, mount nothing
         return 0

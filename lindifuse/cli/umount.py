@@ -1,13 +1,12 @@
 """``lindifuse umount MOUNTPOINT``: unmount and wait until the daemon has exited (so every
-pending write has been committed); see ``lindifuse.service.mount.umount``."""
+pending write has been committed); see ``lindifuse.service.unmount``."""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 
-def add_parser(sub: Any) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "umount",
         help="unmount and wait for the daemon to exit",
@@ -34,6 +33,6 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lindifuse.service.mount import umount
+    from lindifuse.service.unmount import umount
 
     return umount(args.mountpoint, lazy=args.lazy, timeout=args.timeout)

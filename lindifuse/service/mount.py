@@ -10,19 +10,17 @@ after ``lindifuse mount`` always works.
 from __future__ import annotations
 
 import contextlib
-import errno
 import gc
 import logging
 import os
-import shutil
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from lindifuse.errors import LindiError, SourceError
+from lindifuse.service.unmount import is_mounted
 
 log = logging.getLogger("lindifuse")
 
@@ -68,24 +66,6 @@ def default_log_file(mountpoint: str) -> str:
     state = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
     name = os.path.abspath(mountpoint).strip("/").replace("/", "_") or "root"
     return os.path.join(state, "lindifuse", f"{name}.log")
-
-
-def is_mounted(mountpoint: str) -> bool:
-    """True when ``mountpoint`` is a FUSE mount point in /proc/mounts."""
-    target = os.path.abspath(mountpoint)
-    try:
-        with open("/proc/mounts") as f:
-            for line in f:
-                parts = line.split()
-                if (
-                    len(parts) > 2
-                    and parts[1].replace("\\040", " ") == target
-                    and parts[2].startswith("fuse")
-                ):
-                    return True
-    except OSError:
-        pass
-    return False
 
 
 class _Ready:
@@ -293,7 +273,7 @@ async def _announce_ready(ready: _Ready, fs: Any, mountpoint: str) -> None:
     ready.ok()
     if not os.environ.get("NOTIFY_SOCKET"):
         return
-    keys = fs.nkeys
+    keys = fs.tree.nfiles
     while True:
         try:
             text = status_line(fs.stats(), keys, fs.read_only)
@@ -427,77 +407,3 @@ def _wait_ready(fd: int, source: str) -> str:
     finally:
         line.close()
     return final
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
-def umount(mountpoint: str, *, lazy: bool = False, timeout: float = 120.0) -> int:
-    """Unmount and wait until the daemon has exited (so its final flush is done)."""
-    mp = os.path.abspath(mountpoint)
-    if not is_mounted(mp):
-        print(f"lindifuse: {mountpoint}: not a mounted lindifuse file system", file=sys.stderr)
-        return 1
-    pid: int | None = None
-    with contextlib.suppress(OSError, ValueError):
-        pid = int(os.getxattr(mp, "user.lindifuse.pid"))
-    try:
-        # A writable mount commits everything durably now, while a failure can still be
-        # reported; read-only mounts answer EROFS (ENOTSUP from older daemons).
-        os.setxattr(mp, "user.lindifuse.flush", b"1")
-    except OSError as e:
-        if e.errno in (errno.EIO, errno.ENOSPC, errno.EDQUOT):
-            why = "no space left on device" if e.errno != errno.EIO else "see the log"
-            print(
-                f"lindifuse: {mountpoint}: flushing pending writes failed ({why}); still mounted",
-                file=sys.stderr,
-            )
-            return 1
-    tool = shutil.which("fusermount3") or shutil.which("fusermount")
-    cmd = (
-        [tool, "-u", *(["-z"] if lazy else []), mp]
-        if tool
-        else ["umount", *(["-l"] if lazy else []), mp]
-    )
-    from lindifuse.service.lifecycle import busy_holders, describe_holders
-
-    holders = busy_holders(mp) if lazy else []
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    if res.returncode != 0:
-        err = (res.stderr or res.stdout).strip().splitlines()
-        reason = err[-1] if err else "failed"
-        if "busy" in reason.lower():
-            holders = busy_holders(mp)
-            who = describe_holders(holders) if holders else "a process (see: fuser -vm " + mp + ")"
-            print(
-                f"lindifuse: {mountpoint}: busy, still in use by {who}; close those files or "
-                f"leave the directory, or detach now with: lindifuse umount --lazy {mountpoint}",
-                file=sys.stderr,
-            )
-            return 1
-        print(f"lindifuse: {mountpoint}: cannot unmount: {reason}", file=sys.stderr)
-        return 1
-    if lazy and holders:
-        # Detached; the daemon serves the open files until they are closed, then exits.
-        print(
-            f"lindifuse: {mountpoint}: detached; the daemon exits once these close: "
-            f"{describe_holders(holders)}",
-            file=sys.stderr,
-        )
-        return 0
-    if pid is not None:
-        deadline = time.monotonic() + timeout
-        while _pid_alive(pid):
-            if time.monotonic() > deadline:
-                print(
-                    f"lindifuse: {mountpoint}: daemon {pid} still running after {timeout:.0f}s",
-                    file=sys.stderr,
-                )
-                return 1
-            time.sleep(0.02)
-    return 0
