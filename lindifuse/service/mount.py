@@ -273,7 +273,7 @@ async def _announce_ready(ready: _Ready, fs: Any, mountpoint: str) -> None:
     ready.ok()
     if not os.environ.get("NOTIFY_SOCKET"):
         return
-    keys = fs.tree.nfiles
+    keys = fs.nkeys
     while True:
         try:
             text = status_line(fs.stats(), keys, fs.read_only)
