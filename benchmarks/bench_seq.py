@@ -243,6 +243,7 @@ class Impl:
                 "for k in [k for k in sys.modules if k.split('.')[0] == 'lindifuse']:\n"
                 "    del sys.modules[k]\n"
             )
+            B.compile_package(base_dir / "lindifuse")
             self.cmd = [str(B.REPO / ".venv" / "bin" / "python"), "-m", "lindifuse"]
             # PYTHONSAFEPATH: `python -m` run from this checkout must not import its lindifuse
             self.env = {
