@@ -42,6 +42,11 @@ class Range:
 Ref = Inline | Range
 
 
+# The ``.zattrs`` attribute in which lindi records an array it left as a link to an HDF5
+# dataset (served by ``lindifuse.formats.hdf5.extlink``).
+EXTERNAL_LINK_ATTR = "_EXTERNAL_ARRAY_LINK"
+
+
 def normalize_key(key: str) -> str | None:
     """Return the canonical form of a Zarr key, or None when it must be rejected.
 
@@ -235,6 +240,9 @@ class ReferenceSet:
     templates: dict[str, str]
     rejected: list[str]
     extra: dict[str, Any]  # other top-level members (version, generationMetadata), kept on rewrite
+    # False when the file these came from cannot hold an ``_EXTERNAL_ARRAY_LINK`` attribute
+    # (see ``may_hold_links``): the mount then skips its scan of every key for one.
+    may_link: bool = True
 
     @classmethod
     def from_index(cls, obj: dict[str, Any]) -> ReferenceSet:
@@ -295,6 +303,19 @@ def inline_size(value: str) -> int | None:
     if value.isascii():
         return len(value)
     return len(value.encode("utf-8"))
+
+
+# A JSON escape of one of the characters of EXTERNAL_LINK_ATTR ("_" and the letters of
+# EXTERNALARYIK): only such an escape could spell the name without writing it out.
+_LINK_ESCAPE = re.compile(rb"\\u00(?:5[fF2489]|4[1579bBcCeE])")
+
+
+def may_hold_links(raw: bytes) -> bool:
+    """Whether a reference file's bytes could hold lindi's ``_EXTERNAL_ARRAY_LINK`` attribute:
+    its name written out, or an escape that could spell it. lindi's files are full of ``\\u``
+    escapes (binary inline chunks), but not of escaped letters. Two searches in C instead of a
+    test of each key of the parsed set (7-16 ms for 100,000 keys)."""
+    return EXTERNAL_LINK_ATTR.encode() in raw or _LINK_ESCAPE.search(raw) is not None
 
 
 def is_chunk_name(name: str) -> bool:

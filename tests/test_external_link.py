@@ -92,3 +92,30 @@ def test_broken_link_is_eio(ext_files, tmp_path, mount):
     assert "external array link" in m.log_text()
     # the rest of the mount keeps working
     assert os.path.getsize(m.path / "few" / ".zarray") > 0
+
+
+def test_link_spelled_with_escapes_is_still_found(ext_files, tmp_path, mount):
+    """A file without the attribute's name written out skips the scan for links at mount
+    (refs.may_hold_links); one that spells it with \\u escapes is still scanned."""
+    _, _, out = ext_files
+    text = out.read_text()
+    src = tmp_path / "escaped.lindi.json"
+    src.write_text(text.replace("_EXTERNAL_ARRAY_LINK", "\\u005fEXTERNAL_ARRAY_LINK"))
+    m = mount(src)
+    assert len([n for n in os.listdir(m.path / "many") if not n.startswith(".")]) == 1500
+    _check_arrays(m.path)
+    assert "arrays are external HDF5 dataset links" in m.log_text()
+
+
+def test_may_hold_links():
+    from lindifuse.refs import may_hold_links
+
+    assert may_hold_links(b'{"refs": {"a/.zattrs": {"_EXTERNAL_ARRAY_LINK": {}}}}')
+    assert may_hold_links(b'{"refs": {"a/.zattrs": {"\\u005fEXTERNAL_ARRAY_LINK": {}}}}')
+    assert not may_hold_links(b'{"refs": {"a/.zattrs": {"units": "s"}}}')
+    # lindi's binary inline chunks are full of escapes: only escaped letters of the name count
+    assert not may_hold_links(b'{"refs": {"a/0": "\\u0002\\u0001\\u0000 \\u00e9"}}')
+    name = "_EXTERNAL_ARRAY_LINK"
+    for ch in set(name):
+        for form in ("\\u%04x", "\\u%04X"):
+            assert may_hold_links(name.replace(ch, form % ord(ch), 1).encode()), (ch, form)

@@ -37,7 +37,7 @@ from lindifuse.formats.detect import (
     looks_hdf5,
     sniff,
 )
-from lindifuse.refs import ReferenceSet
+from lindifuse.refs import ReferenceSet, may_hold_links
 from lindifuse.sources.base import is_url
 from lindifuse.sources.http import HostRule, HttpClient
 from lindifuse.sources.local import LocalFiles
@@ -144,7 +144,9 @@ def parse_json(raw: bytes, where: str) -> Any:
 
 async def _rset_from_bytes(raw: bytes, where: str) -> ReferenceSet:
     def parse() -> ReferenceSet:
-        return ReferenceSet.from_json(parse_json(raw, where), where)
+        rset = ReferenceSet.from_json(parse_json(raw, where), where)
+        rset.may_link = may_hold_links(raw)
+        return rset
 
     if len(raw) > 1_000_000:
         return await trio.to_thread.run_sync(parse)

@@ -151,6 +151,8 @@ class FileSystem:
         """Directories holding an ``_EXTERNAL_ARRAY_LINK`` among ``refs`` (default: the
         container's), whose keys sit under ``prefix`` in the tree."""
         links: dict[int, dict[str, str]] = {}
+        if refs is None and not self.container.rset.may_link:
+            return links
         for key, value in (self.container.rset.refs if refs is None else refs).items():
             if key.endswith(".zattrs") and (key == ".zattrs" or key.endswith("/.zattrs")):
                 link = find_link(value)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-EXTERNAL_LINK_ATTR = "_EXTERNAL_ARRAY_LINK"
+from lindifuse.refs import EXTERNAL_LINK_ATTR
 
 
 def find_link(zattrs_value: Any) -> dict[str, str] | None:
