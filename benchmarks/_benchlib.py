@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from lindifuse.service.unmount import pid_alive
+
 REPO = Path(__file__).resolve().parent.parent
 BENCH_DIR = REPO / "benchmarks"
 WORK = BENCH_DIR / "_work"
@@ -114,14 +116,6 @@ def is_mounted(mnt: str | os.PathLike) -> bool:
     target = os.path.abspath(mnt)
     with open("/proc/mounts") as f:
         return any(line.split()[1].replace("\\040", " ") == target for line in f if line.strip())
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def end_pid(pid: int, timeout: float = 10.0) -> None:
