@@ -183,11 +183,7 @@ def part_local(a: argparse.Namespace, rep: B.Report) -> None:
     total = len(ranges) * MiB
     mnt, logf = WORK / "mnt", WORK / "mount.log"
     lindi_py = B.lindi_python()
-    plain = WORK / "plain.zarr"
-    if lindi_py and not (plain / "x" / ".zarray").exists():
-        shutil.rmtree(plain, ignore_errors=True)
-        with B.lindifuse_mount(t.path, mnt, log_file=logf) as m:
-            shutil.copytree(m.path, plain)
+    plain = _gen.plain_array_copy(t, WORK)
     got: Got = {}
 
     def mbs(secs: float) -> float:

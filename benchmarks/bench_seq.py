@@ -405,12 +405,7 @@ class Bench:
 
     def plain_copy(self, t: _gen.ArrayTar) -> Path:
         """The array's chunks as plain files on local disk (zarr 2's own floor)."""
-        plain = self.work / "plain.zarr"
-        if not (plain / "x" / ".zarray").exists():
-            shutil.rmtree(plain, ignore_errors=True)
-            with self.mount(self.impls[-1], t.path) as m:
-                shutil.copytree(m.path, plain)
-        return plain
+        return _gen.plain_array_copy(t, self.work)
 
     # -- remote -----------------------------------------------------------------------------------
 
