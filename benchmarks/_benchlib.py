@@ -157,6 +157,8 @@ class Mount:
     pid: int
     mount_seconds: float  # from starting `lindifuse mount` to `ls` answering
     log_file: Path | None = None
+    cmd: list[str] | None = None  # the lindifuse that mounted (None: this checkout's)
+    env: dict[str, str] | None = None
 
     def load_seconds(self) -> float | None:
         """Seconds from the daemon's first log line to its "mounted" line (source loading,
@@ -181,12 +183,14 @@ class Mount:
         return self.stats().get("writer") or {}
 
     def umount(self) -> float:
-        """``lindifuse umount`` (final flush included); returns its seconds."""
+        """``lindifuse umount`` (final flush included), by the lindifuse that mounted; returns
+        its seconds."""
         t0 = time.perf_counter()
         r = subprocess.run(
-            [*lindifuse_cmd(), "umount", str(self.path), "--timeout", "600"],
+            [*(self.cmd or lindifuse_cmd()), "umount", str(self.path), "--timeout", "600"],
             capture_output=True,
             text=True,
+            env=self.env,
         )
         if r.returncode != 0:
             raise RuntimeError(f"lindifuse umount {self.path}: {r.stderr.strip()}")
@@ -241,7 +245,7 @@ def lindifuse_mount(
         os.listdir(mnt)  # `ls` answers
         seconds = time.perf_counter() - t0
         pid = int(pid_file.read_text())
-        yield Mount(mnt, pid, seconds, Path(log_file))
+        yield Mount(mnt, pid, seconds, Path(log_file), cmd, env)
     finally:
         if pid is None and is_mounted(mnt):
             with contextlib.suppress(OSError, ValueError):
