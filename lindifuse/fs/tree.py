@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from itertools import repeat
+from operator import itemgetter
 
 ROOT_INODE = 1
 
@@ -152,7 +153,11 @@ class Tree:
             return 0
         self.npending -= len(run)
         cut = len(node.key) + 1 if node.key else 0
-        self.add_run(node.key, [k[cut:] for k in run], run, self._names)
+        # Distinct names (a directory's keys), none a subdirectory's (those left out at the
+        # build) and none added since (the tree does not change): no checks needed.
+        intern = self._names.setdefault
+        names = [intern(n, n) for n in map(itemgetter(slice(cut, None)), run)]
+        self._add_new_files(node, names, run)
         return len(run)
 
     def fill_all(self) -> None:
@@ -193,13 +198,7 @@ class Tree:
         children = parent.children
         assert children is not None
         if len(set(run)) == len(run) and children.keys().isdisjoint(run):
-            ino = self._next_inode
-            inos = range(ino, ino + len(run))
-            made = list(map(Node, inos, run, repeat(parent), keys, repeat(False)))
-            children.update(zip(run, made, strict=True))
-            self.nodes.update(zip(inos, made, strict=True))
-            self._next_inode = ino + len(run)
-            self.nfiles += len(run)
+            self._add_new_files(parent, run, keys)
             return
         for name, key in zip(run, keys, strict=True):
             existing = children.get(name)
@@ -208,6 +207,17 @@ class Tree:
                     self.conflicts.append(key)
                 continue
             self._add(parent, name, key, is_dir=False)
+
+    def _add_new_files(self, parent: Node, run: list[str], keys: list[str]) -> None:
+        """Files ``keys`` named ``run`` into ``parent``, by C-level bulk calls: the names are
+        distinct and none is in ``parent`` yet (the caller knows)."""
+        ino = self._next_inode
+        inos = range(ino, ino + len(run))
+        made = list(map(Node, inos, run, repeat(parent), keys, repeat(False)))
+        parent.children.update(zip(run, made, strict=True))  # type: ignore[union-attr]
+        self.nodes.update(zip(inos, made, strict=True))
+        self._next_inode = ino + len(run)
+        self.nfiles += len(run)
 
     def _alloc(self) -> int:
         ino = self._next_inode
