@@ -13,7 +13,8 @@ while the workload ran, by kind, per MiB read and per file read, and the daemon'
 
 ``--base DIR`` names a directory holding another ``lindifuse/`` package (for example
 ``git archive <commit> lindifuse | tar -x -C DIR``); it runs with this venv's interpreter and
-dependencies, and every lindifuse row is measured for both, interleaved run by run (only
+dependencies, and every lindifuse row is measured for both, interleaved run by run, in an order
+rotated each repetition (with ratarmount and the local write reference among them; only
 ratios within one run count on this shared machine).
 
 Parts (``--only``):
@@ -400,6 +401,14 @@ class Bench:
         where.mkdir(parents=True, exist_ok=True)
         return _gen.build_array_tar(where / name, nbytes, chunk)
 
+    def in_turn(self, rep: int, extra: tuple = ()) -> list:
+        """The lindifuse builds (and ``extra`` runners) in the order of repetition ``rep``: the
+        list rotated by one each time, so no build always runs first (the first slot of a rep
+        has measured faster on this machine, by up to 30% for writes)."""
+        runners = [*self.impls, *extra]
+        k = rep % len(runners)
+        return runners[k:] + runners[:k]
+
     def rowset(self, res: dict[str, list[float]], unit: str) -> list[list[str]]:
         return [[k, spread(v), unit] for k, v in res.items()]
 
@@ -420,7 +429,7 @@ class Bench:
             port = ask.port  # type: ignore[attr-defined]
             url = f"http://127.0.0.1:{port}/big.lindi.tar"
             refs.write_text(json.dumps(t.url_refs(url)))
-            for _ in range(self.a.reps):
+            for rep in range(self.a.reps):
                 res.setdefault("raw range GETs, 8 threads", []).append(
                     raw_gets(port, "big.lindi.tar", ranges, 8)
                 )
@@ -433,7 +442,7 @@ class Bench:
                     res.setdefault("zarr 2 DirectoryStore, same chunks as local files", []).append(
                         out["s"]
                     )
-                for impl in self.impls:
+                for impl in self.in_turn(rep):
                     if self.lindi_py:
                         B.drop_caches()
                         with self.mount(impl, url, work=("remote: zarr 2", *big)) as m:
@@ -485,6 +494,21 @@ class Bench:
 
     # -- local ----------------------------------------------------------------------------------
 
+    def ratarmount_read(self, rat: str, t: _gen.ArrayTar) -> float:
+        """Seconds for 4 threads to read the array's members through a fresh ratarmount mount
+        of ``t`` (page cache dropped), which is then unmounted."""
+        rmnt = self.work / "rmnt"
+        rmnt.mkdir(exist_ok=True)
+        subprocess.run([rat, str(t.path), str(rmnt)], check=True, capture_output=True)
+        try:
+            B.drop_caches()
+            files = [rmnt / "blobs" / "x" / str(i) for i in range(t.nchunks)]
+            secs, n = read_files(files, 4)
+            assert n == t.nchunks * t.chunk_bytes
+            return secs
+        finally:
+            subprocess.run(["fusermount3", "-u", str(rmnt)], check=False)
+
     def part_local(self) -> None:
         t = self.tar(self.work / "local", "local.lindi.tar", self.a.mib * MiB, MiB)
         ranges = [(off, size) for _, off, size in t.ranges()]
@@ -496,7 +520,7 @@ class Bench:
 
         rat = self.a.ratarmount or shutil.which("ratarmount")
         plain = self.plain_copy(t)
-        for _ in range(self.a.reps):
+        for rep in range(self.a.reps):
             if self.lindi_py:
                 B.drop_caches()
                 out = snippet(ZARR2_READ, self.lindi_py, path=str(plain / "x"))
@@ -509,7 +533,7 @@ class Bench:
                 res.setdefault(f"raw pread of the tar, {n} thread(s)", []).append(
                     mbs(raw_pread(t.path, ranges, n))
                 )
-            for impl in self.impls:
+            for impl in self.in_turn(rep):
                 if self.lindi_py:
                     with self.mount(impl, t.path, work=("local: zarr 2", total, t.nchunks)) as m:
                         B.drop_caches()
@@ -525,23 +549,18 @@ class Bench:
                     res.setdefault(f"{impl.name}: 1 thread, chunk files in order", []).append(
                         mbs(secs)
                     )
+            # 4 threads: ratarmount takes its turn among the builds
+            for impl in self.in_turn(rep, ("ratarmount",) if rat else ()):
+                if impl == "ratarmount":
+                    res.setdefault("ratarmount, 4 threads, members", []).append(
+                        mbs(self.ratarmount_read(rat, t))
+                    )
+                    continue
                 with self.mount(impl, t.path, work=("local: 4 threads", total, t.nchunks)) as m:
                     B.drop_caches()
                     secs, n = read_files([m.path / k for k, _, _ in t.ranges()], 4)
                     assert n == total
                     res.setdefault(f"{impl.name}: 4 threads, chunk files", []).append(mbs(secs))
-            if rat:
-                rmnt = self.work / "rmnt"
-                rmnt.mkdir(exist_ok=True)
-                subprocess.run([rat, str(t.path), str(rmnt)], check=True, capture_output=True)
-                try:
-                    B.drop_caches()
-                    files = [rmnt / "blobs" / "x" / str(i) for i in range(t.nchunks)]
-                    secs, n = read_files(files, 4)
-                    assert n == total
-                    res.setdefault("ratarmount, 4 threads, members", []).append(mbs(secs))
-                finally:
-                    subprocess.run(["fusermount3", "-u", str(rmnt)], check=False)
         self.r.table(
             f"Local .lindi.tar, {self.a.mib} MiB in 1 MiB chunks, cold (MB/s, median (range) of "
             f"{self.a.reps})",
@@ -586,10 +605,10 @@ class Bench:
         nkeys = sum(len(fs) for _, _, fs in os.walk(plain))  # files of the tree
         res: dict[str, list[float]] = {}
         files = ""
-        for _ in range(self.a.reps):
+        for rep in range(self.a.reps):
             w = run_json([*walker, str(plain)])
             res.setdefault("local disk, warm", []).append(w["seconds"])
-            for impl in self.impls:
+            for impl in self.in_turn(rep):
                 with self.mount(impl, src, "--no-cache") as m:  # page cache warm
                     res.setdefault(f"{impl.name}: mount -> ls", []).append(m.mount_seconds)
                 B.drop_caches()
@@ -631,8 +650,8 @@ class Bench:
         res: dict[str, list[float]] = {}
         with B.range_server(www, self.a.latency) as ask:
             url = f"http://127.0.0.1:{ask.port}/small.lindi.tar"  # type: ignore[attr-defined]
-            for _ in range(self.a.reps):
-                for impl in self.impls:
+            for rep in range(self.a.reps):
+                for impl in self.in_turn(rep):
                     cache = self.work / "cache" / f"small-{impl.name}"
                     shutil.rmtree(cache, ignore_errors=True)
                     with self.mount(
@@ -672,19 +691,22 @@ class Bench:
         nbytes = self.a.mib * MiB
         res: dict[str, list[float]] = {}
         wdir = self.work / "write"
-        for _ in range(self.a.reps):
-            local = wdir / "local.zarr"
-            shutil.rmtree(local, ignore_errors=True)
-            wdir.mkdir(parents=True, exist_ok=True)
-            os.sync()
-            t0 = time.perf_counter()
-            snippet(ZARR2_WRITE, self.lindi_py, path=str(local), nbytes=str(nbytes))
-            os.sync()
-            res.setdefault("local directory + sync", []).append(time.perf_counter() - t0)
-            shutil.rmtree(local, ignore_errors=True)
-            for impl in self.impls:
+        for rep in range(self.a.reps):
+            for impl in self.in_turn(rep, ("local",)):
+                if impl == "local":
+                    local = wdir / "local.zarr"
+                    shutil.rmtree(local, ignore_errors=True)
+                    wdir.mkdir(parents=True, exist_ok=True)
+                    os.sync()
+                    t0 = time.perf_counter()
+                    snippet(ZARR2_WRITE, self.lindi_py, path=str(local), nbytes=str(nbytes))
+                    os.sync()
+                    res.setdefault("local directory + sync", []).append(time.perf_counter() - t0)
+                    shutil.rmtree(local, ignore_errors=True)
+                    continue
                 arc = wdir / f"{impl.name}.lindi.tar"
                 arc.unlink(missing_ok=True)
+                wdir.mkdir(parents=True, exist_ok=True)
                 subprocess.run([*impl.cmd, "create", str(arc)], check=True, env=impl.env)
                 os.sync()
                 with self.mount(impl, arc, read_only=False) as m:
@@ -720,8 +742,8 @@ class Bench:
         res: dict[str, list[float]] = {}
         cpus: dict[str, list[float]] = {}
         buf = ctypes.create_string_buffer(256)
-        for _ in range(self.a.reps):
-            for impl in self.impls:
+        for rep in range(self.a.reps):
+            for impl in self.in_turn(rep):
                 with self.mount(impl, src, "--no-cache") as m:
                     g = m.path / "g1" / "a"
                     names = [str(j) for j in range(1000)]
