@@ -8,10 +8,12 @@ releases everything (flushing a writable mount first)."""
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from typing import Any
 
@@ -35,6 +37,21 @@ from lindifuse.sources.http import HttpClient
 from lindifuse.sources.local import LocalFiles
 
 log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _long_lived() -> Iterator[None]:
+    """As at mount (``service.mount``): what is made inside lives as long as the mount (the
+    nodes and entries of a directory filled on first use), so no collection runs while it is
+    made, and it is frozen afterwards, out of every later collection's way."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.freeze()
+            gc.enable()
 
 
 class FileSystem:
@@ -188,62 +205,46 @@ class FileSystem:
             ev = self._lazy_filling.get(node.inode)
         lazy = self._lazy[node.inode]
         ev = self._lazy_filling[node.inode] = trio.Event()
-        # As at mount (service.mount): the entries and nodes made here live as long as the
-        # mount, so no collection runs while they are made and they are frozen afterwards.
-        collecting = gc.isenabled()
-        gc.disable()
         try:
-            t0 = time.monotonic()
-            got = await lazy.expand()
-            refs = self.container.rset.refs
-            refs.update(got.entries)
-            zattrs = {}
-            for parent_path, names, keys in got.runs:
-                self.tree.add_run(parent_path, names, keys)
-                if ".zattrs" in names:
-                    key = keys[names.index(".zattrs")]
-                    zattrs[key] = refs[key]
-            for sub in got.lazy:
-                self._add_lazy(sub)
-            del self._lazy[node.inode]
-            self.tree.filled(node)
-            if zattrs:
-                self.ext_links.update(self._find_external_links(zattrs))
-            log.debug(
-                "%s: %d keys filled in on first use in %.3fs",
-                node.key,
-                len(got.entries),
-                time.monotonic() - t0,
-            )
-            if got.problems:
-                src = self.container.source
-                more = f" (and {len(got.problems) - 1} more)" if len(got.problems) > 1 else ""
-                log.warning("%s: %s%s", src, got.problems[0], more)
-                for p in got.problems[1:]:
-                    log.debug("%s: %s", src, p)
+            with _long_lived():
+                t0 = time.monotonic()
+                got = await lazy.expand()
+                refs = self.container.rset.refs
+                refs.update(got.entries)
+                zattrs = {}
+                for parent_path, names, keys in got.runs:
+                    self.tree.add_run(parent_path, names, keys)
+                    if ".zattrs" in names:
+                        key = keys[names.index(".zattrs")]
+                        zattrs[key] = refs[key]
+                for sub in got.lazy:
+                    self._add_lazy(sub)
+                del self._lazy[node.inode]
+                self.tree.filled(node)
+                if zattrs:
+                    self.ext_links.update(self._find_external_links(zattrs))
+                log.debug(
+                    "%s: %d keys filled in on first use in %.3fs",
+                    node.key,
+                    len(got.entries),
+                    time.monotonic() - t0,
+                )
+                if got.problems:
+                    src = self.container.source
+                    more = f" (and {len(got.problems) - 1} more)" if len(got.problems) > 1 else ""
+                    log.warning("%s: %s%s", src, got.problems[0], more)
+                    for p in got.problems[1:]:
+                        log.debug("%s: %s", src, p)
         finally:
-            if collecting:
-                gc.freeze()
-                gc.enable()
             del self._lazy_filling[node.inode]
             ev.set()
 
     def _fill_pending(self, node: Node) -> None:
-        """Make the files of a directory the tree left for its first use. As at mount, no
-        collection runs while nodes that live as long as the mount are made; they are frozen
-        after."""
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
+        """Make the files of a directory the tree left for its first use."""
+        with _long_lived():
             t0 = time.monotonic()
             made = self.tree.fill(node)
-            log.debug(
-                "%s: %d files made on first use in %.3fs", node.key, made, time.monotonic() - t0
-            )
-        finally:
-            if collecting:
-                gc.freeze()
-                gc.enable()
+        log.debug("%s: %d files made on first use in %.3fs", node.key, made, time.monotonic() - t0)
 
     async def prepare_dir(self, node: Node) -> None:
         """Before a directory is used: fill it if the loader left it for its first use; list
