@@ -7,13 +7,11 @@ the last listed is the one a path lookup sees. Pure text handling; callers read 
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections import namedtuple
 
-
-class MountEntry(NamedTuple):
-    mountpoint: str
-    fstype: str
-    source: str
+# (mountpoint, fstype, source), all str. A collections namedtuple rather than typing.NamedTuple:
+# ``lindifuse umount`` reads the table too, and its start imports no ``typing``.
+MountEntry = namedtuple("MountEntry", ["mountpoint", "fstype", "source"])
 
 
 def unescape(field: str) -> str:

@@ -307,7 +307,7 @@ def inline_size(value: str) -> int | None:
 
 # A JSON escape of one of the characters of EXTERNAL_LINK_ATTR ("_" and the letters of
 # EXTERNALARYIK): only such an escape could spell the name without writing it out.
-_LINK_ESCAPE = re.compile(rb"\\u00(?:5[fF2489]|4[1579bBcCeE])")
+_LINK_ESCAPE = re.compile(rb"\\u00(?:5[fF2489]|4[159bBcCeE])")
 
 
 def may_hold_links(raw: bytes) -> bool:

@@ -124,6 +124,14 @@ def _is_full(e: BaseException) -> bool:
     return isinstance(e, sqlite3.OperationalError) and "full" in str(e).lower()
 
 
+def _key_batches(keys: list[str]) -> Iterator[tuple[list[str], str]]:
+    """``keys`` in slices of ``GET_BATCH``, each with its ``?,?,...`` placeholders for an
+    ``IN (...)`` clause."""
+    for i in range(0, len(keys), GET_BATCH):
+        batch = keys[i : i + GET_BATCH]
+        yield batch, ",".join("?" * len(batch))
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -311,9 +319,7 @@ class DiskCache:
         touch: list[str] = []
         now = time.time()
         stale = now - self.touch_min
-        for i in range(0, len(keys), GET_BATCH):
-            batch = keys[i : i + GET_BATCH]
-            marks = ",".join("?" * len(batch))
+        for batch, marks in _key_batches(keys):
             try:
                 with self._lock:
                     rows = self._read_db.execute(
@@ -579,9 +585,7 @@ class DiskCache:
                             old[p] = "" if name.startswith(".tmp-") else name.rsplit("-", 1)[0]
         keys = sorted({k for k in old.values() if k})
         known: set[str] = set()
-        for i in range(0, len(keys), GET_BATCH):
-            batch = keys[i : i + GET_BATCH]
-            marks = ",".join("?" * len(batch))
+        for batch, marks in _key_batches(keys):
             with self._lock:
                 known.update(
                     r[0]

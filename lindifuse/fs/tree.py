@@ -61,7 +61,6 @@ class Tree:
         self._lazy: dict[int, Callable[[], int]] = {}
         # Files not made yet (``from_keys_lazy``): directory inode -> the keys of its files.
         self.pending: dict[int, list[str]] = {}
-        self.npending = 0
         self._names: dict[str, str] = {}  # one string object per distinct file name
 
     @classmethod
@@ -142,7 +141,6 @@ class Tree:
                     tree.conflicts.extend(k for k in run if k[cut:] in clash)
                     run = [k for k in run if k[cut:] not in clash]
             tree.pending[node.inode] = run
-            tree.npending += len(run)
         return tree
 
     def fill(self, node: Node) -> int:
@@ -151,7 +149,6 @@ class Tree:
         run = self.pending.pop(node.inode, None)
         if run is None:
             return 0
-        self.npending -= len(run)
         cut = len(node.key) + 1 if node.key else 0
         # Distinct names (a directory's keys), none a subdirectory's (those left out at the
         # build) and none added since (the tree does not change): no checks needed.
@@ -159,6 +156,11 @@ class Tree:
         names = [intern(n, n) for n in map(itemgetter(slice(cut, None)), run)]
         self._add_new_files(node, names, run)
         return len(run)
+
+    @property
+    def npending(self) -> int:
+        """Files ``from_keys_lazy`` left for later (their keys, distinct)."""
+        return sum(map(len, self.pending.values()))
 
     def fill_all(self) -> None:
         """Make every file ``from_keys_lazy`` left for later (before walking the whole tree)."""

@@ -2,10 +2,11 @@
 
 Kept apart from ``mount.py`` and lean on purpose: ``lindifuse umount`` is a short-lived process
 whose interpreter start is part of every unmount's wall time (a writable mount's unmount is part
-of the zarr write benchmark), so this module imports only ``os``, ``errno``, ``sys`` and ``time``
-at load (and ``contextlib``, already loaded by ``site``); ``subprocess`` only to run ``fusermount3``, ``lifecycle`` only for a busy or lazy
-unmount. No ``dataclasses``, ``logging``, ``shutil``, trio or pyfuse3 (``tests/test_cli.py``
-checks which modules ``lindifuse umount`` loads).
+of the zarr write benchmark), so this module imports only ``os``, ``errno``, ``sys``, ``time`` and
+``lindifuse.mounttable`` at load (and ``contextlib``, already loaded by ``site``);
+``subprocess`` only to run ``fusermount3``, ``lifecycle`` only for a busy or lazy unmount. No
+``dataclasses``, ``logging``, ``shutil``, ``typing``, trio or pyfuse3
+(``tests/test_umount_lean.py`` checks which modules ``lindifuse umount`` loads).
 """
 
 from __future__ import annotations
@@ -16,23 +17,18 @@ import os
 import sys
 import time
 
+from lindifuse.mounttable import mounts_entries, top_mount
+
 
 def is_mounted(mountpoint: str) -> bool:
-    """True when ``mountpoint`` is a FUSE mount point in /proc/mounts."""
-    target = os.path.abspath(mountpoint)
+    """True when the mount a path lookup sees at ``mountpoint`` is a FUSE file system."""
     try:
         with open("/proc/mounts") as f:
-            for line in f:
-                parts = line.split()
-                if (
-                    len(parts) > 2
-                    and parts[1].replace("\\040", " ") == target
-                    and parts[2].startswith("fuse")
-                ):
-                    return True
+            text = f.read()
     except OSError:
-        pass
-    return False
+        return False
+    e = top_mount(mounts_entries(text), os.path.abspath(mountpoint))
+    return e is not None and e.fstype.startswith("fuse")
 
 
 def pid_alive(pid: int) -> bool:
