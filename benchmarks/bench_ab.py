@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/bench_ab.py                # LINDIFUSE_PYFUSE3_FEATURES=0,1
     .venv/bin/python benchmarks/bench_ab.py LINDIFUSE_REQUEST_BURST=0,16 --only small
     .venv/bin/python benchmarks/bench_ab.py LINDIFUSE_REQUEST_BURST=0,16 --quick
+    .venv/bin/python benchmarks/bench_ab.py LINDIFUSE_FILE_RANGE=0,1 --only local
 
 The setting is an environment variable of the daemon (the ones lindifuse reads are listed in
 ``SETTINGS``, with the ``lindifuse stats`` field that shows the value the daemon took). The
@@ -56,6 +57,7 @@ MiB = 2**20
 SETTINGS = {
     "LINDIFUSE_REQUEST_BURST": "request_burst",
     "LINDIFUSE_PYFUSE3_FEATURES": "no_open",
+    "LINDIFUSE_FILE_RANGE": "file_range",
 }
 Got = dict[tuple[str, str], list[float]]
 DEFAULT = "LINDIFUSE_PYFUSE3_FEATURES=0,1"  # stock pyfuse3 behaviour, then the patched build's

@@ -24,7 +24,7 @@ ver=$("$py" -c 'import importlib.metadata as m; print(m.version("pyfuse3"))') \
 base=${ver%%+*}
 patch_file=$here/patches/pyfuse3/$base.patch
 [[ -f $patch_file ]] || warn "no patch for pyfuse3 $base (patches/pyfuse3/ has $(ls "$here/patches/pyfuse3")"
-if [[ $ver == *+lindifuse* ]] && "$py" -c 'import pyfuse3, sys; sys.exit(not (pyfuse3.NOOPEN_PASSES_INODE and getattr(pyfuse3, "REQUEST_BURST", False)))' 2>/dev/null; then
+if [[ $ver == *+lindifuse* ]] && "$py" -c 'import pyfuse3, sys; sys.exit(not (pyfuse3.NOOPEN_PASSES_INODE and getattr(pyfuse3, "REQUEST_BURST", False) and getattr(pyfuse3, "FILE_RANGE", False)))' 2>/dev/null; then
     exit 0  # already the patched build
 fi
 command -v patch >/dev/null || warn "patch(1) is missing"
@@ -41,11 +41,11 @@ patch -d "$src" -p1 --forward --quiet <"$patch_file" >"$tmp/log" 2>&1 \
     || warn "$(basename "$patch_file") does not apply: $(tail -1 "$tmp/log")"
 rm -f "$src/src/pyfuse3/__init__.c"  # generated from the unpatched .pyx: Cython regenerates it
 # A local version label tells the build apart (pip show pyfuse3) and keeps pyfuse3>=3.3 satisfied.
-SETUPTOOLS_SCM_PRETEND_VERSION="$base+lindifuse2" \
+SETUPTOOLS_SCM_PRETEND_VERSION="$base+lindifuse3" \
     "$py" -m pip install "${pipq[@]}" --no-deps --force-reinstall "$src" >"$tmp/log" 2>&1 \
     || warn "build failed: $(grep -m1 -i error "$tmp/log" || tail -1 "$tmp/log")"
-if ! "$py" -c 'import pyfuse3; assert pyfuse3.NOOPEN_PASSES_INODE and pyfuse3.REQUEST_BURST; pyfuse3.FileInfo(cache_readdir=True)' 2>"$tmp/log"; then
+if ! "$py" -c 'import pyfuse3; assert pyfuse3.NOOPEN_PASSES_INODE and pyfuse3.REQUEST_BURST and pyfuse3.FILE_RANGE; pyfuse3.FileInfo(cache_readdir=True); pyfuse3.FileRange(0, 0, 1)' 2>"$tmp/log"; then
     "$py" -m pip install "${pipq[@]}" --no-deps --force-reinstall "pyfuse3==$base" >/dev/null 2>&1
     warn "the patched build does not import: $(tail -1 "$tmp/log")"
 fi
-echo "build-pyfuse3: pyfuse3 $base+lindifuse2 installed"
+echo "build-pyfuse3: pyfuse3 $base+lindifuse3 installed"

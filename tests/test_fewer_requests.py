@@ -230,3 +230,68 @@ def test_request_bursts_are_off_when_asked_or_stock(mount, tmp_path):
         assert stats(m)["request_burst"] is False
         read_all(m, data)
         m.umount()
+
+
+needs_file_range = pytest.mark.skipif(
+    not hasattr(features.pyfuse3, "FileRange"),
+    reason="pyfuse3 is not the patched build with FileRange (make setup builds it)",
+)
+
+
+def _evict(path) -> None:
+    """Drop ``path``'s pages from the page cache (the next read of it is cold)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def _check_ranges(m, data) -> None:
+    """Whole files, then ranges at offsets that are not page-aligned, one running past the
+    end of its file (a short read)."""
+    read_all(m, data)
+    for i in range(data.nchunks):
+        want = data.expected(i)
+        fd = os.open(m.path / "x" / str(i), os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # the FUSE file's own pages
+            assert os.pread(fd, 100_000, 4_097) == want[4_097:104_097], i
+            assert os.pread(fd, 300_000, len(want) - 50_001) == want[-50_001:], i
+        finally:
+            os.close(fd)
+
+
+@needs_file_range
+@pytest.mark.parametrize("writable", [False, True])
+def test_local_ranges_are_replied_from_the_descriptor(mount, tmp_path, writable):
+    """Reads of a local tar's members reach the kernel as FileRange replies (libfuse reads or
+    splices them; no Python bytes): cold (the tar evicted: replied from a worker thread) and
+    warm (from the event loop), whole and at odd offsets; on a writable mount the files
+    written are read from the writer, the others still as ranges."""
+    data = build_tar(tmp_path / "r.lindi.tar", 6, 300_000)
+    extra = () if writable else ("--read-only",)
+    for _ in range(2):  # first with the tar evicted, then with its pages cached
+        _evict(data.path)
+        m = mount(data.path, None, *extra, "--no-cache")
+        s = stats(m)
+        assert s["file_range"] is True
+        _check_ranges(m, data)
+        assert stats(m)["file_range_replies"] >= 3 * data.nchunks
+        if writable:
+            (m.path / "x" / "1").write_bytes(b"w" * 70_000)
+            assert (m.path / "x" / "1").read_bytes() == b"w" * 70_000
+            assert (m.path / "x" / "2").read_bytes() == data.expected(2)
+            (m.path / "x" / "1").write_bytes(data.expected(1))  # as it was, for the next round
+        m.umount()
+
+
+def test_file_ranges_are_off_when_asked_or_stock(mount, tmp_path):
+    """LINDIFUSE_FILE_RANGE=0, or the stock behaviour, replies with bytes: same data."""
+    data = build_tar(tmp_path / "o.lindi.tar", 3, 300_000)
+    for env in ({**os.environ, features.RANGE_ENV: "0"}, STOCK):
+        m = mount(data.path, None, "--read-only", "--no-cache", env=env)
+        _check_ranges(m, data)
+        s = stats(m)
+        assert s["file_range"] is False and s["file_range_replies"] == 0
+        m.umount()

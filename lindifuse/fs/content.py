@@ -41,6 +41,9 @@ from lindifuse.sources.local import LocalFiles
 
 log = logging.getLogger(__name__)
 
+# Local reads from this size on may be replied straight from the source file's descriptor
+# (local_range); smaller ones are cheaper as bytes read without a worker thread.
+LOCAL_RANGE_MIN = 32 * 2**10
 WHOLE_FETCH_MAX = 32 * 2**20  # remote objects up to this size are fetched in one request
 BLOCK = 8 * 2**20  # larger ones in aligned blocks of this size
 
@@ -378,7 +381,9 @@ class ContentService:
                 return node.size
         return (await self.resolve(node)).size
 
-    async def read(self, node: Node, offset: int, size: int) -> bytes:
+    async def read(self, node: Node, offset: int, size: int) -> bytes | bytearray:
+        """``size`` bytes of ``node`` from ``offset`` (fewer at its end). A local stored range
+        comes as a fresh ``bytearray`` (see ``LocalFiles.read_buffer``)."""
         r = await self.resolve(node)
         end = min(offset + size, r.size)
         if offset >= end:
@@ -389,7 +394,7 @@ class ContentService:
             except RefError as e:
                 raise RefError(f"{node.key}: {e}") from None
         stored_end = min(end, r.stored)
-        data = b""
+        data: bytes | bytearray = b""
         if offset < stored_end:
             if r.inline is not None:
                 data = r.inline[offset:stored_end]
@@ -399,7 +404,34 @@ class ContentService:
             data += bytes(end - max(offset, r.stored))
         return data
 
-    async def _read_stored(self, node: Node, r: Resolved, offset: int, size: int) -> bytes:
+    async def local_range(
+        self, node: Node, offset: int, size: int
+    ) -> tuple[int, int, int, bool] | None:
+        """``(fd, offset, size, cached)`` when what ``read(node, offset, size)`` would return is
+        one range of a local file as it is stored, at least ``LOCAL_RANGE_MIN`` long: the
+        reply can then be sent from the descriptor without the bytes becoming a Python object
+        (``fs.features.file_range``). ``cached``: its pages are probably in the page cache
+        (``LocalFiles.probably_cached``). None for anything else: inline, remote, CAR,
+        checked by a recorded digest, zero padding, short ranges."""
+        r = await self.resolve(node)
+        loc = r.loc
+        if loc is None or loc.remote or r.car is not None or r.inline is not None:
+            return None
+        end = min(offset + size, r.size)
+        if end - offset < LOCAL_RANGE_MIN or end > r.stored:
+            return None
+        if digest_of(self._hashes, node.key) is not None:
+            return None
+        try:
+            fd = self.local.fd(loc.where)
+        except RefError as e:
+            raise RefError(f"{node.key}: {e}") from None
+        start = r.offset + offset
+        return fd, start, end - offset, self.local.probably_cached(fd, start, end - offset)
+
+    async def _read_stored(
+        self, node: Node, r: Resolved, offset: int, size: int
+    ) -> bytes | bytearray:
         loc = r.loc
         assert loc is not None
         want = digest_of(self._hashes, node.key)
@@ -410,7 +442,7 @@ class ContentService:
             if not loc.remote:
                 # No read-ahead of our own: the kernel's for the source file does better here
                 # (lindifuse.fs.readahead says why).
-                return await self.local.read(loc.where, r.offset + offset, size)
+                return await self.local.read_buffer(loc.where, r.offset + offset, size)
             if r.stored <= WHOLE_FETCH_MAX:
                 if offset == 0 and self.readahead is not None:
                     self.readahead.on_read(node, r)

@@ -15,6 +15,10 @@ before. This module is the one place that tells the two apart, once, when the da
   and an epoll round before every request: with several readers, requests are queued
   already, and that wait cost about as much as a small request's handler.
 
+- :func:`file_range`: ``read`` may return a ``pyfuse3.FileRange`` (a range of an open
+  descriptor) that pyfuse3 replies with libfuse's ``fuse_reply_data``, splicing the pages into
+  the kernel with the GIL released: a local uncompressed chunk is never copied through Python.
+
 ``LINDIFUSE_PYFUSE3_FEATURES=0`` in the daemon's environment turns the features off (the
 benchmarks compare both on one build; a way out should a kernel misbehave).
 """
@@ -24,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from typing import Any
 
 import pyfuse3
 
@@ -65,3 +70,15 @@ def request_burst(n: int = REQUEST_BURST) -> bool:
         logging.getLogger(__name__).warning("request bursts left off: %s", e)
         return False
     return True
+
+
+RANGE_ENV = "LINDIFUSE_FILE_RANGE"  # 0: reply with bytes even where ranges work (benchmarks)
+
+
+def file_range() -> Any:
+    """``pyfuse3.FileRange`` when the build has it and neither the features nor file ranges
+    are turned off, else None."""
+    cls = getattr(pyfuse3, "FileRange", None)
+    if cls is None or not _allowed() or os.environ.get(RANGE_ENV, "1") == "0":
+        return None
+    return cls

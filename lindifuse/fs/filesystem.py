@@ -380,6 +380,8 @@ class FileSystem:
             "requests": dict(self.ops.requests),
             "no_open": self.ops.no_open,
             "request_burst": self.ops.request_burst,
+            "file_range": self.ops.enable_splice_write,
+            "file_range_replies": self.ops.range_replies,
             "dandi": asdict(self.http.dandi.stats),
         }
 

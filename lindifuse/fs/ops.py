@@ -133,6 +133,11 @@ class LindiOperations(pyfuse3.Operations):
         self.no_open = read_only and features.no_open()
         self._listings: dict[int, list[tuple[str, Node]]] = {}  # no_open: inode -> listing
         self.request_burst = False  # pyfuse3 reads queued requests in bursts (features)
+        # Local stored ranges replied from their descriptor, spliced into the kernel
+        # (features.file_range); pyfuse3 reads enable_splice_write when INIT arrives.
+        self._file_range = features.file_range()
+        self.enable_splice_write = self._file_range is not None
+        self.range_replies = 0  # reads replied as a FileRange (in stats)
 
     def init(self) -> None:
         """pyfuse3 calls this when the kernel's INIT arrives: the session is up, so the FUSE
@@ -348,9 +353,20 @@ class LindiOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EIO) from None
         return pyfuse3.FileInfo(fh=inode, keep_cache=True)
 
-    async def read(self, fh: int, off: int, size: int) -> bytes:
-        node = self._node(fh)
+    async def read(self, fh: int, off: int, size: int) -> Any:
+        return await self._read_content(self._node(fh), off, size)
+
+    async def _read_content(self, node: Node, off: int, size: int) -> Any:
+        """The reply to a read of ``node``'s content: bytes, or a ``pyfuse3.FileRange`` of the
+        local file that stores them (replied from a worker thread when its pages may have to
+        come from disk). A reference that fails is EIO, logged once per cause."""
         try:
+            if self._file_range is not None:
+                span = await self.content.local_range(node, off, size)
+                if span is not None:
+                    fd, start, n, cached = span
+                    self.range_replies += 1
+                    return self._file_range(fd, start, n, in_thread=not cached)
             return await self.content.read(node, off, size)
         except RefError as e:
             # keyed by the cause without the file's name: a dead server is one storm
@@ -574,17 +590,12 @@ class WritableOperations(LindiOperations):
         fi = pyfuse3.FileInfo(fh=self._new_handle(node), keep_cache=False)
         return fi, await self._attrs(node)
 
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(self, fh: int, off: int, size: int) -> Any:
         node = self._handle(fh)
         data = await self.writer.read(node, off, size)
         if data is not None:
             return data
-        try:
-            return await self.content.read(node, off, size)
-        except RefError as e:
-            # keyed by the cause without the file's name: a dead server is one storm
-            _read_errors.error(str(e).removeprefix(f"{node.key}: "), "read failed: %s", e)
-            raise pyfuse3.FUSEError(errno.EIO) from None
+        return await self._read_content(node, off, size)
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         node = self._handle(fh)
