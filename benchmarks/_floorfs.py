@@ -1,6 +1,6 @@
 """The floor: a pyfuse3 file system with no logic at all, on the same pyfuse3 build as lindifuse.
 
-    .venv/bin/python benchmarks/_floorfs.py SPEC.json MOUNTPOINT [--memory] [--stock] [--writable]
+    .venv/bin/python benchmarks/_floorfs.py SPEC.json MOUNTPOINT [--memory] [--stock] [--writable] [--now]
 
 It serves the keys of a ``.lindi.tar`` made by ``_gen.build_array_tar`` (SPEC.json: the tar's
 path, key -> [absolute offset, size] of every chunk, key -> text of every metadata file) as a
@@ -10,7 +10,9 @@ of 16, the kernel's read-ahead raised as lindifuse raises it. A READ is one ``os
 tar (or, with ``--memory``, a slice of bytes loaded at start: a warm cache that costs nothing).
 ``--stock`` leaves the patched features off. ``--writable`` also takes new files, writes,
 renames, directories and removals, kept in memory (as lindifuse's writable mounts do, it keeps
-OPEN and RELEASE: they carry the file handles of writes).
+OPEN and RELEASE: they carry the file handles of writes). ``--now`` answers LOOKUP and in-memory
+READs from pyfuse3's C callback (``Operations.lookup_now``/``read_now``): only on a build with
+``patches/pyfuse3/measured/3.5.0-answer-now.patch``, which lindifuse does not ship.
 
 Nothing here is lindifuse's: every request costs only pyfuse3's dispatch, trio and the kernel
 round trip. ``bench_floor.py`` runs lindifuse beside it on the same workloads, so the difference
@@ -112,6 +114,17 @@ class FloorOps(pyfuse3.Operations):
             a.entry_timeout = TIMEOUT
             return a
         return self._attrs(ino)
+
+    def _lookup_now(self, parent_inode: int, name: bytes) -> pyfuse3.EntryAttributes | None:
+        """``--now``: the same answer from pyfuse3's C callback (patched build, ANSWER_NOW)."""
+        ino = self.dirs.get(parent_inode, {}).get(os.fsdecode(name))
+        return None if ino is None else self._attrs(ino)
+
+    def _read_now(self, fh: int, off: int, size: int) -> bytes | None:
+        f = self.files.get(fh)
+        if f is None or isinstance(f, tuple):
+            return None
+        return f[off : off + size]
 
     async def opendir(self, inode: int, ctx):
         if self.patched and not self.writable:
@@ -230,11 +243,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--memory", action="store_true", help="serve reads from bytes in memory")
     p.add_argument("--stock", action="store_true", help="no ENOSYS open, no request bursts")
     p.add_argument("--writable", action="store_true", help="take writes (kept in memory)")
+    p.add_argument(
+        "--now", action="store_true", help="answer LOOKUP and in-memory READs synchronously"
+    )
     p.add_argument("--pid-file")
     a = p.parse_args(argv)
     spec = json.loads(Path(a.spec).read_text())
     patched = bool(getattr(pyfuse3, "NOOPEN_PASSES_INODE", False)) and not a.stock
     ops = FloorOps(spec, a.memory, patched, a.writable)
+    if a.now and not getattr(pyfuse3, "ANSWER_NOW", False):
+        p.error("--now needs a pyfuse3 built with patches/pyfuse3/measured/3.5.0-answer-now.patch")
+    if a.now:  # pyfuse3's C callbacks call these first (patched build, ANSWER_NOW)
+        ops.lookup_now, ops.read_now = ops._lookup_now, ops._read_now
     gc.freeze()  # as lindifuse does after loading: later collections skip the tables
     opts = set(pyfuse3.default_options)
     opts.discard("default_permissions")

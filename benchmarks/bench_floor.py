@@ -50,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _benchlib as B  # noqa: E402
 import _gen  # noqa: E402
+import pyfuse3  # noqa: E402
 from bench_seq import (  # noqa: E402
     ZARR2_READ,
     ZARR2_WRITE,
@@ -81,7 +82,9 @@ def spec_of(t: _gen.ArrayTar, where: Path) -> Path:
 
 
 @contextlib.contextmanager
-def floor_mount(spec: Path, mnt: Path, memory: bool, writable: bool = False) -> Iterator[B.Mount]:
+def floor_mount(
+    spec: Path, mnt: Path, memory: bool, writable: bool = False, now: bool = False
+) -> Iterator[B.Mount]:
     """Start ``_floorfs.py`` on ``mnt``; always unmount and end it by its PID."""
     mnt.mkdir(parents=True, exist_ok=True)
     if B.is_mounted(mnt):
@@ -91,6 +94,7 @@ def floor_mount(spec: Path, mnt: Path, memory: bool, writable: bool = False) -> 
     cmd = [sys.executable, str(B.BENCH_DIR / "_floorfs.py"), str(spec), str(mnt)]
     cmd += ["--pid-file", str(pid_file), *(["--memory"] if memory else [])]
     cmd += ["--writable"] if writable else []
+    cmd += ["--now"] if now else []
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     try:
         t0 = time.perf_counter()
@@ -110,6 +114,9 @@ def floor_mount(spec: Path, mnt: Path, memory: bool, writable: bool = False) -> 
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(10)
 
+
+#: The pyfuse3 build calls Operations.lookup_now / read_now (patch item 6).
+ANSWER_NOW = bool(getattr(pyfuse3, "ANSWER_NOW", False))
 
 Mounter = Callable[[], contextlib.AbstractContextManager[B.Mount]]
 
@@ -150,6 +157,16 @@ def part_small(a: argparse.Namespace, rep: B.Report) -> None:
         mounts: list[tuple[str, Mounter]] = [
             ("floor, from memory", lambda: floor_mount(spec, mnt, True)),
             ("floor, pread of the local tar", lambda: floor_mount(spec, mnt, False)),
+            *(
+                [
+                    (
+                        "floor, from memory, answered now",
+                        lambda: floor_mount(spec, mnt, True, now=True),
+                    )
+                ]
+                if ANSWER_NOW
+                else []
+            ),
             ("lindifuse, local tar", lambda: B.lindifuse_mount(t.path, mnt, log_file=logf)),
             (
                 "lindifuse, HTTP, warm persistent cache",
