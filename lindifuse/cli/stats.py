@@ -92,6 +92,12 @@ def format_stats(s: dict[str, Any]) -> str:
         )
     else:
         lines.append("read-ahead:   off")
+    if f.get("local_nowait_reads") or s.get("file_range_replies"):
+        lines.append(
+            f"local reads:  {f.get('local_nowait_reads', 0)} from the page cache without a "
+            f"thread  {s.get('file_range_replies', 0)} replied from the source's descriptor "
+            f"({s.get('file_range_thread_replies', 0)} from a worker thread)"
+        )
     if f.get("blocks_verified") or f.get("block_mismatches"):
         lines.append(
             f"verified:     {f.get('blocks_verified', 0)} blocks "

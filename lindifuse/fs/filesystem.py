@@ -382,6 +382,7 @@ class FileSystem:
             "request_burst": self.ops.request_burst,
             "file_range": self.ops.enable_splice_write,
             "file_range_replies": self.ops.range_replies,
+            "file_range_thread_replies": self.ops.range_thread_replies,
             "dandi": asdict(self.http.dandi.stats),
         }
 

@@ -138,6 +138,7 @@ class LindiOperations(pyfuse3.Operations):
         self._file_range = features.file_range()
         self.enable_splice_write = self._file_range is not None
         self.range_replies = 0  # reads replied as a FileRange (in stats)
+        self.range_thread_replies = 0  # of those, replied from a worker thread (not cached)
 
     def init(self) -> None:
         """pyfuse3 calls this when the kernel's INIT arrives: the session is up, so the FUSE
@@ -366,6 +367,7 @@ class LindiOperations(pyfuse3.Operations):
                 if span is not None:
                     fd, start, n, cached = span
                     self.range_replies += 1
+                    self.range_thread_replies += not cached
                     return self._file_range(fd, start, n, in_thread=not cached)
             return await self.content.read(node, off, size)
         except RefError as e:
