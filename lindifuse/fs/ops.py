@@ -24,7 +24,7 @@ import pyfuse3
 from lindifuse.archive.space import is_no_space
 from lindifuse.errors import RefError
 from lindifuse.fs import features
-from lindifuse.fs.content import ContentService, Resolved
+from lindifuse.fs.content import LOCAL_RANGE_MIN, ContentService, Resolved
 from lindifuse.fs.tree import Node, Tree
 from lindifuse.fs.writer import Writer
 from lindifuse.stormlog import StormLog
@@ -362,7 +362,8 @@ class LindiOperations(pyfuse3.Operations):
         local file that stores them (replied from a worker thread when its pages may have to
         come from disk). A reference that fails is EIO, logged once per cause."""
         try:
-            if self._file_range is not None:
+            # (a shorter request cannot be one: no lookup of the reference for small files)
+            if self._file_range is not None and size >= LOCAL_RANGE_MIN:
                 span = await self.content.local_range(node, off, size)
                 if span is not None:
                     fd, start, n, cached = span
