@@ -36,6 +36,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -58,6 +59,7 @@ SETTINGS = {
     "LINDIFUSE_REQUEST_BURST": "request_burst",
     "LINDIFUSE_PYFUSE3_FEATURES": "no_open",
     "LINDIFUSE_FILE_RANGE": "file_range",
+    "LINDIFUSE_CACHE_MMAP": "disk_cache.read_mmap",
 }
 Got = dict[tuple[str, str], list[float]]
 DEFAULT = "LINDIFUSE_PYFUSE3_FEATURES=0,1"  # stock pyfuse3 behaviour, then the patched build's
@@ -82,7 +84,10 @@ class AB:
     def note(self, m: B.Mount, mode: str) -> None:
         field = SETTINGS.get(self.setting)
         if field is not None:
-            self.seen[mode].add(str(m.stats().get(field)))
+            value: Any = m.stats()
+            for part in field.split("."):  # "a.b": field b of the stats' dict a
+                value = value.get(part) if isinstance(value, dict) else None
+            self.seen[mode].add(str(value))
 
     def mount(self, source, mode: str, **kw):
         return B.lindifuse_mount(

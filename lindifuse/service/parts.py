@@ -5,13 +5,22 @@ mount and a single-source mount cannot drift apart."""
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import sqlite3
 from typing import Any
 
 import trio
 
-from lindifuse.cache.disk import AsyncDiskCache, DiskCache, default_cache_dir, default_cache_size
+from lindifuse.cache.disk import (
+    MMAP_ENV,
+    READ_MMAP,
+    AsyncDiskCache,
+    DiskCache,
+    default_cache_dir,
+    default_cache_size,
+)
 from lindifuse.formats.container import (
     HDF5Settings,
 )
@@ -47,8 +56,21 @@ async def open_disk_cache(opts: Any) -> AsyncDiskCache | None:
         return None
     directory = getattr(opts, "cache_dir", None) or default_cache_dir()
     size = getattr(opts, "cache_size", None) or default_cache_size(directory)
+    read_mmap = READ_MMAP
+    if MMAP_ENV in os.environ:
+        try:
+            read_mmap = int(os.environ[MMAP_ENV])
+        except ValueError:
+            log.warning("%s=%r is not a number of bytes: ignored", MMAP_ENV, os.environ[MMAP_ENV])
+    if read_mmap and getattr(opts, "allow_remote_cache", False):
+        from lindifuse.cache.fstype import remote_filesystem
+
+        if remote_filesystem(directory):
+            read_mmap = 0  # mapped pages of a network file system fail as SIGBUS, not EIO
     try:
-        store = await trio.to_thread.run_sync(DiskCache, directory, size)
+        store = await trio.to_thread.run_sync(
+            functools.partial(DiskCache, directory, size, read_mmap=read_mmap)
+        )
     except (OSError, sqlite3.Error) as e:
         log.warning("persistent cache %s unavailable (%s): running without it", directory, e)
         return None
