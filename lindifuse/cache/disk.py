@@ -154,6 +154,19 @@ def default_cache_dir() -> str:
     return os.path.join(base, "lindifuse")
 
 
+def read_mmap_setting() -> int:
+    """``READ_MMAP``, or the bytes that ``MMAP_ENV`` in the environment names (a value that is
+    not a number is ignored with a warning)."""
+    value = os.environ.get(MMAP_ENV)
+    if value is None:
+        return READ_MMAP
+    try:
+        return int(value)
+    except ValueError:
+        log.warning("%s=%r is not a number of bytes: ignored", MMAP_ENV, value)
+        return READ_MMAP
+
+
 def default_cache_size(directory: str) -> int:
     """min(10 GiB, 10% of the free space of the file system holding ``directory``)."""
     probe = directory
@@ -221,9 +234,9 @@ class DiskCache:
         self._last_touch_flush = time.monotonic()
         self._read_db = self._connect()
         # What SQLite took (it caps the size at its compile-time maximum; 0 where it has none)
-        self.read_mmap = self._read_db.execute(f"PRAGMA mmap_size={max(0, read_mmap)}").fetchone()[
-            0
-        ]
+        (self.read_mmap,) = self._read_db.execute(
+            f"PRAGMA mmap_size={max(0, read_mmap)}"
+        ).fetchone()
         self._write_db = self._connect()
         self._write_lock = threading.Lock()
         self._direct = DirectWriter(direct_writes)

@@ -7,19 +7,17 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import sqlite3
 from typing import Any
 
 import trio
 
 from lindifuse.cache.disk import (
-    MMAP_ENV,
-    READ_MMAP,
     AsyncDiskCache,
     DiskCache,
     default_cache_dir,
     default_cache_size,
+    read_mmap_setting,
 )
 from lindifuse.formats.container import (
     HDF5Settings,
@@ -56,12 +54,7 @@ async def open_disk_cache(opts: Any) -> AsyncDiskCache | None:
         return None
     directory = getattr(opts, "cache_dir", None) or default_cache_dir()
     size = getattr(opts, "cache_size", None) or default_cache_size(directory)
-    read_mmap = READ_MMAP
-    if MMAP_ENV in os.environ:
-        try:
-            read_mmap = int(os.environ[MMAP_ENV])
-        except ValueError:
-            log.warning("%s=%r is not a number of bytes: ignored", MMAP_ENV, os.environ[MMAP_ENV])
+    read_mmap = read_mmap_setting()
     if read_mmap and getattr(opts, "allow_remote_cache", False):
         from lindifuse.cache.fstype import remote_filesystem
 
